@@ -1,0 +1,1 @@
+"""Wallet ledger and per-minute call billing (docs: DESIGN §5). Never imports signalling."""

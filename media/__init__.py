@@ -1,0 +1,1 @@
+"""The SFU: peer connections, encoded-media forwarding, recording. Never imports signalling."""

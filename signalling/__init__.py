@@ -1,0 +1,1 @@
+"""The signalling hub and jalwa's composition root (signalling/app.py)."""

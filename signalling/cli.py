@@ -1,0 +1,183 @@
+"""`jalwa` command line: serve, token, genconfig. The only place the environment is read."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from .auth import Identity, Role, load_keys, mint_token
+from .clock import SystemClock
+from .errors import ConfigError
+from .settings import ENV_PREFIX, NESTED_DELIMITER, Settings
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jalwa", description="paid 1:1 video-call backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the hub (embedded stores unless URLs are set)")
+    serve.add_argument("--host", help="listen address (default JALWA_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default JALWA_PORT or 8080)")
+    token = sub.add_parser("token", help="mint a JWT with the configured key (dev and tests)")
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--name", default="")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    sub.add_parser("genconfig", help="print every setting with its default")
+    args = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(env)
+        if args.command == "serve":
+            return _serve(settings, args.host, args.port)
+        if args.command == "token":
+            return _token(settings, args.user, Role(args.role), args.name, args.ttl)
+        print(genconfig())
+        return 0
+    except ValidationError as exc:
+        print(f"jalwa: bad settings:\n{exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError) as exc:
+        print(f"jalwa: {exc}", file=sys.stderr)
+        return 2
+
+
+def _token(settings: Settings, user: str, role: Role, name: str, ttl: int) -> int:
+    keys = load_keys(settings, create_dev_key=True)
+    print(
+        mint_token(
+            keys, settings.auth, Identity(user, role, name or user), ttl_s=ttl, clock=SystemClock()
+        )
+    )
+    return 0
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    from .app import create_app
+
+    host = host or settings.host
+    port = settings.port if port is None else port
+    _configure_logging(settings)
+    keys = load_keys(settings, create_dev_key=True)
+    if keys.dev and not _loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host} with the development key: "
+            "set JALWA_AUTH__SECRET (or a public key) to serve beyond loopback"
+        )
+    app = create_app(settings)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_run_server(app, host, port, settings.shutdown_timeout_s))
+    return 0
+
+
+async def _run_server(app: Any, host: str, port: int, shutdown_timeout: float) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully (sessions get 1012)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        logging.getLogger("jalwa").info("listening on http://%s:%d", host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("jalwa").info("stopping")
+    finally:
+        await runner.cleanup()
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return None
+    return uvloop.new_event_loop
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _configure_logging(settings: Settings) -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if settings.log_json
+        else structlog.dev.ConsoleRenderer()
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso"),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+def genconfig() -> str:
+    """Every setting as an environment line with its default and a one-line comment."""
+    lines = ["# jalwa settings: environment variables, defaults shown", ""]
+    _describe(Settings, ENV_PREFIX, lines)
+    return "\n".join(lines)
+
+
+def _describe(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        key = f"{prefix}{name.upper()}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.append(f"# --- {name}: {(annotation.__doc__ or '').strip().splitlines()[0]}")
+            _describe(annotation, key + NESTED_DELIMITER, lines)
+            lines.append("")
+            continue
+        if field.default_factory is not None:
+            default = "" if name == "node_id" else _render(field.default_factory())  # type: ignore[call-arg]
+        else:
+            default = _render(field.default)
+        lines.append(f"# {field.description or name}")
+        lines.append(f"{'# ' if default == '' else ''}{key}={default}")
+
+
+def _render(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Root settings: composes each package's section (DESIGN §1).
+
+Settings come from a mapping (normally the process environment, passed in by the CLI):
+``JALWA_`` prefix, ``__`` between nested names, unknown keys rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "JALWA_"
+NESTED_DELIMITER = "__"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthSettings(Section):
+    """JWT verification. Algorithms are pinned: one algorithm per deployment."""
+
+    algorithm: Literal["HS256", "RS256", "ES256"] = Field(
+        "HS256", description="JWT signature algorithm accepted (exactly one)"
+    )
+    secret: SecretStr | None = Field(None, description="HS256 shared secret (>= 32 bytes)")
+    public_key: str | None = Field(None, description="PEM public key for RS256/ES256")
+    private_key_file: Path | None = Field(
+        None, description="PEM private key used only by `jalwa token` for RS256/ES256"
+    )
+    audience: str | None = Field(None, description="required `aud` claim, when set")
+    issuer: str | None = Field(None, description="required `iss` claim, when set")
+    leeway_s: int = Field(5, ge=0, le=300, description="clock skew allowed on exp/nbf")
+    dev_key_file: Path = Field(
+        Path(".jalwa/dev-jwt-secret"),
+        description="development only: HS256 key file created on first use",
+    )
+
+    @model_validator(mode="after")
+    def _key_matches_algorithm(self) -> AuthSettings:
+        if self.algorithm == "HS256" and self.public_key is not None:
+            raise ValueError("auth.public_key is for RS256/ES256; HS256 uses auth.secret")
+        if self.algorithm != "HS256" and self.secret is not None:
+            raise ValueError(f"auth.secret is for HS256; {self.algorithm} uses auth.public_key")
+        if self.secret is not None and len(self.secret.get_secret_value().encode()) < 32:
+            raise ValueError("auth.secret must be at least 32 bytes")
+        return self
+
+
+class IceServer(Section):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class HubSettings(Section):
+    """WebSocket hub limits and call timers."""
+
+    heartbeat_s: float = Field(20.0, gt=0, description="WebSocket ping interval (aiohttp)")
+    max_frame_bytes: int = Field(
+        65536, ge=1024, description="larger frames get error frame_too_large"
+    )
+    hard_frame_bytes: int = Field(
+        262144, ge=1024, description="larger frames close the connection with 1009"
+    )
+    rate_per_s: float = Field(50.0, gt=0, description="sustained client messages per second")
+    rate_burst: int = Field(100, ge=1, description="client messages allowed in a burst")
+    flood_close_after: int = Field(
+        50, ge=1, description="messages refused for rate in a row before close 4008"
+    )
+    send_queue_max: int = Field(
+        512, ge=8, description="queued outgoing frames before a slow consumer is closed (4008)"
+    )
+    ring_timeout_s: float = Field(30.0, gt=0, description="an unanswered call ends (timeout)")
+    peer_lost_grace_s: float = Field(
+        15.0, ge=0, description="a party gone this long ends its call (peer_lost)"
+    )
+    presence_watch_max: int = Field(500, ge=1, description="users one session may watch")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="ICE servers sent in welcome (JSON list)"
+    )
+    demo_page: bool = Field(True, description="serve the demo page at / (development only)")
+
+
+class PresenceSettings(Section):
+    """Presence keys: per-user status keys and a per-node liveness key, both with TTLs."""
+
+    ttl_s: int = Field(15, ge=2, description="a user's presence expires this long after a crash")
+    node_ttl_s: int = Field(10, ge=2, description="a node is dead this long after its last beat")
+    key_prefix: str = Field("jalwa", description="prefix of every Redis key")
+
+
+class Settings(BaseSettings):
+    """Everything jalwa reads at start; see `jalwa genconfig`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED_DELIMITER, extra="forbid", frozen=True
+    )
+
+    env: Literal["development", "production"] = Field(
+        "development", description="production refuses dev keys and embedded stores"
+    )
+    host: str = Field("127.0.0.1", description="address `jalwa serve` listens on")
+    port: int = Field(8080, ge=0, le=65535, description="port `jalwa serve` listens on")
+    node_id: str = Field(
+        default_factory=lambda: "n-" + secrets.token_hex(4),
+        description="this process's id in Redis (random per start when unset)",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+    )
+    redis_url: str | None = Field(None, description="Redis for presence; embedded when unset")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_json: bool = Field(False, description="JSON log lines instead of console format")
+    shutdown_timeout_s: float = Field(10.0, ge=0, description="grace for open sockets on exit")
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    presence: PresenceSettings = Field(default_factory=PresenceSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only explicit values: the environment reaches us through from_env(), so tests
+        # pass plain dicts and nothing reads the process environment behind our back.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        return cls(**nest_env(environ))
+
+    def production_problems(self) -> list[str]:
+        """What production mode needs and this configuration lacks."""
+        problems = []
+        if self.auth.secret is None and self.auth.public_key is None:
+            problems.append(
+                "no JWT key: set JALWA_AUTH__SECRET (HS256) or JALWA_AUTH__PUBLIC_KEY (RS256/ES256)"
+            )
+        if self.redis_url is None:
+            problems.append("no Redis for presence: set JALWA_REDIS_URL")
+        return problems
+
+
+def nest_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``JALWA_HUB__RATE_PER_S=5`` -> ``{"hub": {"rate_per_s": "5"}}``; JSON values for lists."""
+    nested: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split(NESTED_DELIMITER)
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(f"{key}: not valid JSON: {exc}") from exc
+        node = nested
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{key}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return nested

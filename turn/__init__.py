@@ -1,0 +1,1 @@
+"""TURN REST credentials and coturn configuration. Never imports signalling."""

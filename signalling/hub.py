@@ -1,0 +1,494 @@
+"""The signalling hub: sessions, presence fan-out, call set-up and the SDP/ICE relay.
+
+Handlers take a Session and a decoded message; nothing here touches a socket (ws.py does),
+so tests drive the hub with plain calls. Section numbers (§) refer to docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from .auth import Identity
+from .calls import Call, CallBook, CallState, Deliver, Effect, Ended, Started, user_info
+from .clock import Clock
+from .errors import CallError, JalwaError
+from .presence import PresenceRecord, PresenceStore
+from .protocol import (
+    Ack,
+    CallAccept,
+    CallCancel,
+    CallEnd,
+    CallEnded,
+    CallInfo,
+    CallInvite,
+    CallReject,
+    CallStarted,
+    ClientMessage,
+    CloseCode,
+    DecodeFailure,
+    EndReason,
+    Error,
+    ErrorCode,
+    IceServerInfo,
+    MediaMode,
+    PresenceChanged,
+    PresenceUnwatch,
+    PresenceUpdate,
+    PresenceWatch,
+    RtcAnswer,
+    RtcAnswerOut,
+    RtcIce,
+    RtcIceOut,
+    RtcOffer,
+    RtcOfferOut,
+    ServerMessage,
+    Welcome,
+    decode,
+    encode,
+)
+from .session import Session
+from .settings import HubSettings
+
+
+@dataclass(frozen=True, slots=True)
+class StartTerms:
+    rate: int = 0
+    balance: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndFigures:
+    minutes: int = 0
+    coins: int = 0
+
+
+class CallRefused(JalwaError):
+    """Raised by CallHooks.call_started to end a call that may not run (e.g. no money)."""
+
+    def __init__(self, message: str, reason: EndReason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class CallHooks(Protocol):
+    """What the hub tells the rest of the service about calls (billing plugs in here)."""
+
+    async def call_started(self, call: Call) -> StartTerms: ...
+
+    async def call_ended(self, call: Call) -> EndFigures: ...
+
+
+class FreeCalls:
+    """Hooks for a hub without billing: nothing is charged."""
+
+    async def call_started(self, call: Call) -> StartTerms:
+        return StartTerms()
+
+    async def call_ended(self, call: Call) -> EndFigures:
+        return EndFigures()
+
+
+# A handler returns its reply (None: a plain ack) and the effects to run after the reply,
+# so the requester hears its ack (with the call id) before the call's events.
+Outcome = tuple[Ack | None, list[Effect]]
+Handler = Callable[[Session, Any], Awaitable[Outcome]]
+DONE: Outcome = (None, [])
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        settings: HubSettings,
+        presence: PresenceStore,
+        clock: Clock,
+        hooks: CallHooks,
+        media: MediaMode = "p2p",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._settings = settings
+        self._presence = presence
+        self._clock = clock
+        self._hooks = hooks
+        self._media = media
+        self._log = logger or logging.getLogger(__name__)
+        self._ice = [
+            IceServerInfo(urls=s.urls, username=s.username, credential=s.credential)
+            for s in settings.ice_servers
+        ]
+        self.calls = CallBook(
+            ring_timeout_s=settings.ring_timeout_s,
+            peer_lost_grace_s=settings.peer_lost_grace_s,
+        )
+        self.sessions: dict[str, Session] = {}
+        self._watchers: dict[str, set[Session]] = {}
+        self._shown: dict[str, str] = {}  # last status announced per local user
+        self._handlers: dict[type[ClientMessage], Handler] = {
+            PresenceUpdate: self._presence_update,
+            PresenceWatch: self._presence_watch,
+            PresenceUnwatch: self._presence_unwatch,
+            CallInvite: self._call_invite,
+            CallAccept: self._call_accept,
+            CallReject: self._call_reject,
+            CallCancel: self._call_cancel,
+            CallEnd: self._call_end,
+            RtcOffer: self._rtc_relay,
+            RtcAnswer: self._rtc_relay,
+            RtcIce: self._rtc_relay,
+        }
+
+    # --- connection lifecycle (§3) ------------------------------------------------------
+
+    async def connect(self, identity: Identity) -> Session:
+        hub = self._settings
+        session = Session(
+            identity,
+            clock=self._clock,
+            send_queue_max=hub.send_queue_max,
+            rate_per_s=hub.rate_per_s,
+            rate_burst=hub.rate_burst,
+        )
+        old = self.sessions.get(identity.user_id)
+        if old is not None:
+            self._unwatch_all(old)
+            old.close(CloseCode.REPLACED, "replaced by a newer session")
+        self.sessions[identity.user_id] = session
+        call = self.calls.party_back(identity.user_id)
+        session.send(
+            Welcome(
+                session_id=session.session_id,
+                user=user_info(identity),
+                heartbeat_s=hub.heartbeat_s,
+                ice_servers=self._ice,
+                media=self._media,
+                call=self._call_info(call, identity.user_id) if call is not None else None,
+            )
+        )
+        try:
+            await self._publish(session)
+        except Exception:
+            # The store is away: do not keep a session nobody will clean up (ws closes 1013).
+            if self.sessions.get(identity.user_id) is session:
+                del self.sessions[identity.user_id]
+            raise
+        return session
+
+    async def disconnect(self, session: Session) -> None:
+        self._unwatch_all(session)
+        uid = session.user_id
+        if self.sessions.get(uid) is not session:
+            return  # replaced: the newer session owns the user's presence and calls
+        del self.sessions[uid]
+        self._shown.pop(uid, None)
+        await self._run(self.calls.party_lost(uid, now=self._clock.monotonic()))
+        try:
+            await self._presence.clear(uid, session.session_id)
+        finally:
+            self._notify(uid, "offline")
+
+    async def handle_frame(self, session: Session, frame: str | bytes) -> None:
+        """One client frame in; replies go to ``session``'s queue (§2, §6)."""
+        if session.closing:
+            return
+        if not session.rate.allow():
+            session.rate_strikes += 1
+            if session.rate_strikes >= self._settings.flood_close_after:
+                session.close(CloseCode.POLICY, "rate limit exceeded")
+            else:
+                self._error(session, ErrorCode.RATE_LIMITED, "slow down", _peek_id(frame))
+            return
+        session.rate_strikes = 0
+        if isinstance(frame, bytes):
+            self._error(session, ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames", None)
+            return
+        if len(frame) > self._settings.max_frame_bytes:
+            limit = self._settings.max_frame_bytes
+            self._error(session, ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes", None)
+            return
+        try:
+            message = decode(frame)
+        except DecodeFailure as exc:
+            self._error(session, exc.code, exc.message, exc.request_id)
+            return
+        try:
+            reply, effects = await self._handlers[type(message)](session, message)
+        except JalwaError as exc:
+            self._error(session, exc.code, exc.message, message.id)
+            return
+        except Exception:
+            # A store going away must not take the session with it: say so and carry on.
+            self._log.exception(
+                "handler failed: %s from %s", type(message).__name__, session.user_id
+            )
+            self._error(session, ErrorCode.UNAVAILABLE, "try again shortly", message.id)
+            return
+        if message.id is not None:
+            session.send(reply if reply is not None else Ack(id=message.id))
+        try:
+            await self._run(effects)
+        except Exception:
+            # The request itself succeeded (and was acked); what failed is logged. The
+            # effect runners below already keep calls consistent on hook failures.
+            self._log.exception("effects of %s failed", type(message).__name__)
+
+    # --- from outside: billing, admin, timers, shutdown ---------------------------------
+
+    async def end_call(self, call_id: str, reason: EndReason) -> bool:
+        """End a call for an outside reason; False if it was not running."""
+        effects = self.calls.end(call_id, reason, now=self._clock.monotonic())
+        await self._run(effects)
+        return bool(effects)
+
+    async def tick(self) -> None:
+        """Fire due timers (ring timeouts, peer-lost grace periods)."""
+        await self._run(self.calls.expire(self._clock.monotonic()))
+
+    async def beat(self) -> None:
+        """Keep this node's presence alive and clear what dead nodes left behind."""
+        await self._presence.beat(list(self.sessions))
+        for uid in await self._presence.sweep():
+            if uid not in self.sessions:
+                self._notify(uid, "offline")
+
+    async def shutdown(self) -> None:
+        now = self._clock.monotonic()
+        for call in self.calls.active_calls():
+            await self._run(self.calls.end(call.call_id, EndReason.SHUTDOWN, now=now))
+        for session in list(self.sessions.values()):
+            session.close(CloseCode.SERVICE_RESTART, "server restarting, reconnect")
+
+    # --- presence (§4) ------------------------------------------------------------------
+
+    async def _presence_update(self, session: Session, msg: PresenceUpdate) -> Outcome:
+        session.status = msg.status
+        if msg.location is not None:
+            session.location = (msg.location.lat, msg.location.lon)
+        await self._publish(session)
+        return DONE
+
+    async def _presence_watch(self, session: Session, msg: PresenceWatch) -> Outcome:
+        wanted = set(msg.user_ids)
+        if len(session.watching | wanted) > self._settings.presence_watch_max:
+            raise JalwaError(
+                f"at most {self._settings.presence_watch_max} watched users",
+                code=ErrorCode.TOO_MANY_WATCHES,
+            )
+        for uid in wanted:
+            self._watchers.setdefault(uid, set()).add(session)
+        session.watching |= wanted
+        records = await self._presence.get_many(wanted)
+        shown = {uid: records[uid].status if uid in records else "offline" for uid in wanted}
+        return (Ack(id=msg.id, presence=shown) if msg.id is not None else None), []  # type: ignore[arg-type]
+
+    async def _presence_unwatch(self, session: Session, msg: PresenceUnwatch) -> Outcome:
+        for uid in msg.user_ids:
+            if uid in session.watching:
+                session.watching.discard(uid)
+                self._drop_watcher(uid, session)
+        return DONE
+
+    def _shown_status(self, session: Session) -> str:
+        return "busy" if self.calls.call_of(session.user_id) is not None else session.status
+
+    async def _publish(self, session: Session) -> None:
+        status = self._shown_status(session)
+        ident = session.identity
+        lat, lon = session.location if session.location is not None else (None, None)
+        await self._presence.set(
+            PresenceRecord(
+                user_id=ident.user_id,
+                status=status,
+                role=ident.role.value,
+                name=ident.name,
+                node_id=self._presence.node_id,
+                session_id=session.session_id,
+                lat=lat,
+                lon=lon,
+            )
+        )
+        if self._shown.get(ident.user_id) != status:
+            self._shown[ident.user_id] = status
+            self._notify(ident.user_id, status)
+
+    def _notify(self, user_id: str, status: str) -> None:
+        watchers = self._watchers.get(user_id)
+        if watchers:
+            frame = encode(PresenceChanged(user_id=user_id, status=status))  # type: ignore[arg-type]
+            for watcher in watchers:
+                watcher.send_frame(frame)
+
+    def _unwatch_all(self, session: Session) -> None:
+        for uid in session.watching:
+            self._drop_watcher(uid, session)
+        session.watching.clear()
+
+    def _drop_watcher(self, user_id: str, session: Session) -> None:
+        watchers = self._watchers.get(user_id)
+        if watchers is not None:
+            watchers.discard(session)
+            if not watchers:
+                del self._watchers[user_id]
+
+    # --- calls (§5) ---------------------------------------------------------------------
+
+    async def _call_invite(self, session: Session, msg: CallInvite) -> Outcome:
+        callee_session = self.sessions.get(msg.to)
+        if callee_session is not None:
+            callee, status = callee_session.identity, self._shown_status(callee_session)
+        else:
+            pending = self.calls.call_of(msg.to)
+            if pending is not None:  # disconnected but within the grace period
+                callee, status = pending.party(msg.to), "busy"
+            else:
+                await self._require_local(msg.to)
+                raise CallError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
+        call, effects = self.calls.invite(
+            session.identity,
+            callee,
+            callee_status=status,
+            now=self._clock.monotonic(),
+            record=msg.record,
+        )
+        await self._republish(call)
+        return (Ack(id=msg.id, call_id=call.call_id) if msg.id is not None else None), effects
+
+    async def _require_local(self, user_id: str) -> None:
+        records = await self._presence.get_many([user_id])
+        if user_id in records and records[user_id].node_id != self._presence.node_id:
+            raise CallError(
+                f"{user_id} is connected to another node; cross-node calls are not supported yet",
+                code=ErrorCode.CALLEE_UNREACHABLE,
+            )
+
+    async def _call_accept(self, session: Session, msg: CallAccept) -> Outcome:
+        now = self._clock.monotonic()
+        return None, self.calls.accept(session.user_id, msg.call_id, now=now, record=msg.record)
+
+    async def _call_reject(self, session: Session, msg: CallReject) -> Outcome:
+        return None, self.calls.reject(session.user_id, msg.call_id, now=self._clock.monotonic())
+
+    async def _call_cancel(self, session: Session, msg: CallCancel) -> Outcome:
+        return None, self.calls.cancel(session.user_id, msg.call_id, now=self._clock.monotonic())
+
+    async def _call_end(self, session: Session, msg: CallEnd) -> Outcome:
+        return None, self.calls.hang_up(session.user_id, msg.call_id, now=self._clock.monotonic())
+
+    async def _rtc_relay(self, session: Session, msg: RtcOffer | RtcAnswer | RtcIce) -> Outcome:
+        call = self.calls.require_active(session.user_id, msg.call_id)
+        peer = self.sessions.get(call.peer_of(session.user_id).user_id)
+        if peer is None:
+            return DONE  # peer within its grace period: it renegotiates when it is back
+        out: ServerMessage
+        if isinstance(msg, RtcOffer):
+            out = RtcOfferOut(call_id=call.call_id, sender=session.user_id, sdp=msg.sdp)
+        elif isinstance(msg, RtcAnswer):
+            out = RtcAnswerOut(call_id=call.call_id, sender=session.user_id, sdp=msg.sdp)
+        else:
+            out = RtcIceOut(
+                call_id=call.call_id,
+                sender=session.user_id,
+                candidate=msg.candidate,
+                sdp_mid=msg.sdp_mid,
+                sdp_mline_index=msg.sdp_mline_index,
+            )
+        peer.send(out)
+        return DONE
+
+    async def _run(self, effects: Iterable[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Deliver):
+                target = self.sessions.get(effect.user_id)
+                if target is not None:
+                    target.send(effect.message)
+            elif isinstance(effect, Started):
+                await self._started(effect.call)
+            elif isinstance(effect, Ended):
+                await self._ended(effect.call)
+
+    async def _started(self, call: Call) -> None:
+        try:
+            terms = await self._hooks.call_started(call)
+        except CallRefused as exc:
+            self._log.info("call %s refused: %s", call.call_id, exc.message)
+            await self.end_call(call.call_id, exc.reason)
+            return
+        except Exception:
+            # A call that cannot be set up for billing must not run unbilled.
+            self._log.exception("call_started hook failed for %s", call.call_id)
+            await self.end_call(call.call_id, EndReason.CANCELLED)
+            return
+        if call.state is not CallState.ACTIVE:
+            return  # ended while the hook ran; call.ended has been sent
+        for uid in call.parties():
+            target = self.sessions.get(uid)
+            if target is not None:
+                target.send(
+                    CallStarted(
+                        call_id=call.call_id,
+                        peer=user_info(call.peer_of(uid)),
+                        media=self._media,
+                        rate=terms.rate,
+                        balance=terms.balance if uid == call.payer.user_id else None,
+                        record=call.record,
+                    )
+                )
+
+    async def _ended(self, call: Call) -> None:
+        try:
+            figures = await self._hooks.call_ended(call)
+        except Exception:
+            self._log.exception("call_ended hook failed for %s", call.call_id)
+            figures = EndFigures()
+        for uid in call.parties():
+            target = self.sessions.get(uid)
+            if target is not None:
+                target.send(
+                    CallEnded(
+                        call_id=call.call_id,
+                        reason=call.end_reason or EndReason.HANGUP,
+                        minutes=figures.minutes,
+                        coins=figures.coins,
+                    )
+                )
+        await self._republish(call)
+
+    async def _republish(self, call: Call) -> None:
+        for uid in call.parties():
+            target = self.sessions.get(uid)
+            if target is not None:
+                try:
+                    await self._publish(target)
+                except Exception:
+                    # Presence catches up at the user's next update; the call must go on.
+                    self._log.exception("presence update for %s failed", uid)
+
+    def _call_info(self, call: Call, user_id: str) -> CallInfo:
+        return CallInfo(
+            call_id=call.call_id,
+            state="active" if call.state is CallState.ACTIVE else "ringing",
+            peer=user_info(call.peer_of(user_id)),
+            role="caller" if user_id == call.caller.user_id else "callee",
+        )
+
+    def _error(self, session: Session, code: str, message: str, request_id: str | None) -> None:
+        session.send(Error(code=code, message=message, id=request_id))
+
+
+class _IdOnly(msgspec.Struct):
+    id: object = None
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def _peek_id(frame: str | bytes) -> str | None:
+    try:
+        rid = _id_decoder.decode(frame).id
+    except msgspec.DecodeError:
+        return None
+    return rid if isinstance(rid, str) and len(rid) <= 64 else None

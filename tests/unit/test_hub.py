@@ -1,0 +1,358 @@
+"""The hub driven without sockets: sessions are plain objects whose queues we read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from signalling.auth import Identity, Role
+from signalling.calls import Call
+from signalling.clock import ManualClock
+from signalling.hub import CallRefused, EndFigures, Hub, StartTerms
+from signalling.presence import MemoryPresence, MemoryWorld
+from signalling.protocol import CloseCode, EndReason
+from signalling.session import Session
+from signalling.settings import HubSettings
+
+ALICE = Identity("alice", Role.CALLER, "Alice")
+BOB = Identity("bob", Role.HOST, "Bob")
+
+
+class RecordingHooks:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.ended: list[tuple[str, str | None]] = []
+        self.refuse = False
+
+    async def call_started(self, call: Call) -> StartTerms:
+        if self.refuse:
+            raise CallRefused("no money", EndReason.INSUFFICIENT_BALANCE)
+        self.started.append(call.call_id)
+        return StartTerms(rate=10, balance=95)
+
+    async def call_ended(self, call: Call) -> EndFigures:
+        self.ended.append((call.call_id, call.end_reason))
+        return EndFigures(minutes=2, coins=20)
+
+
+class Env:
+    def __init__(self, **hub: Any) -> None:
+        self.clock = ManualClock()
+        self.world = MemoryWorld(self.clock)
+        self.presence = MemoryPresence(self.world, "n1", ttl_s=15, node_ttl_s=10)
+        self.hooks = RecordingHooks()
+        self.hub = Hub(
+            settings=HubSettings(**hub),
+            presence=self.presence,
+            clock=self.clock,
+            hooks=self.hooks,
+        )
+
+    async def send(self, session: Session, **msg: Any) -> None:
+        await self.hub.handle_frame(session, msgspec.json.encode(msg).decode())
+
+
+def frames(session: Session) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(f) for f in session.take()]
+
+
+def of_type(session: Session, kind: str) -> list[dict[str, Any]]:
+    return [f for f in frames(session) if f["type"] == kind]
+
+
+@pytest.fixture
+def env() -> Env:
+    return Env()
+
+
+async def test_welcome_first_and_presence_set(env: Env) -> None:
+    alice = await env.hub.connect(ALICE)
+    welcome = frames(alice)[0]
+    assert welcome["type"] == "welcome" and welcome["user"] == {
+        "id": "alice",
+        "role": "caller",
+        "name": "Alice",
+    }
+    assert welcome["media"] == "p2p" and welcome["ice_servers"] == []
+    assert "alice" in await env.presence.get_many(["alice"])
+
+
+async def test_watch_sees_changes_and_offline(env: Env) -> None:
+    alice = await env.hub.connect(ALICE)
+    await env.send(alice, type="presence.watch", id="w", user_ids=["bob"])
+    assert frames(alice)[-1] == {"type": "ack", "id": "w", "presence": {"bob": "offline"}}
+    bob = await env.hub.connect(BOB)
+    await env.send(bob, type="presence.update", id="u", status="away")
+    changes = [f["status"] for f in frames(alice) if f["type"] == "presence.changed"]
+    assert changes == ["available", "away"]
+    await env.hub.disconnect(bob)
+    assert of_type(alice, "presence.changed") == [
+        {"type": "presence.changed", "user_id": "bob", "status": "offline"}
+    ]
+    await env.send(alice, type="presence.unwatch", user_ids=["bob"])
+    await env.hub.connect(BOB)
+    assert of_type(alice, "presence.changed") == []
+
+
+async def test_full_call_with_hooks_and_busy_presence(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="presence.watch", user_ids=["bob"])
+    frames(alice), frames(bob)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    out = frames(alice)
+    ack = next(f for f in out if f["type"] == "ack")
+    cid = ack["call_id"]
+    assert {
+        "type": "call.ringing",
+        "call_id": cid,
+        "callee": {"id": "bob", "role": "host", "name": "Bob"},
+    } in out
+    assert {"type": "presence.changed", "user_id": "bob", "status": "busy"} in out
+    assert of_type(bob, "call.incoming")[0]["caller"]["id"] == "alice"
+
+    await env.send(bob, type="call.accept", id="2", call_id=cid)
+    started = of_type(alice, "call.started")[0]
+    assert started["rate"] == 10 and started["balance"] == 95 and started["peer"]["id"] == "bob"
+    bob_started = of_type(bob, "call.started")[0]
+    assert "balance" not in bob_started  # only the payer sees their balance
+
+    await env.send(alice, type="rtc.offer", call_id=cid, sdp="v=0 offer")
+    await env.send(bob, type="rtc.answer", call_id=cid, sdp="v=0 answer")
+    await env.send(
+        bob, type="rtc.ice", call_id=cid, candidate="candidate:1", sdp_mid="0", sdp_mline_index=0
+    )
+    assert of_type(bob, "rtc.offer") == [
+        {"type": "rtc.offer", "call_id": cid, "from": "alice", "sdp": "v=0 offer"}
+    ]
+    alice_in = frames(alice)
+    assert [f["type"] for f in alice_in] == ["rtc.answer", "rtc.ice"]
+    assert alice_in[1]["candidate"] == "candidate:1" and alice_in[1]["from"] == "bob"
+
+    await env.send(bob, type="call.end", id="3", call_id=cid)
+    for s in (alice, bob):
+        ended = of_type(s, "call.ended")
+        assert ended == [
+            {"type": "call.ended", "call_id": cid, "reason": "hangup", "minutes": 2, "coins": 20}
+        ]
+    assert env.hooks.ended == [(cid, "hangup")]
+    assert (await env.presence.get_many(["bob"]))["bob"].status == "available"
+
+
+async def test_refused_start_ends_with_reason(env: Env) -> None:
+    env.hooks.refuse = True
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(bob, type="call.accept", call_id=cid)
+    for s in (alice, bob):
+        out = frames(s)
+        assert not [f for f in out if f["type"] == "call.started"]
+        assert [f["reason"] for f in out if f["type"] == "call.ended"] == ["insufficient_balance"]
+
+
+async def test_relay_refused_outside_an_active_call(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(alice, type="rtc.offer", id="2", call_id=cid, sdp="x")
+    assert of_type(alice, "error") == [
+        {
+            "type": "error",
+            "id": "2",
+            "code": "invalid_state",
+            "message": f"call {cid} is ringing, not active",
+        }
+    ]
+    carol = await env.hub.connect(Identity("carol", Role.CALLER, "Carol"))
+    await env.send(carol, type="rtc.ice", id="3", call_id=cid, candidate="x")
+    await env.send(carol, type="call.end", id="4", call_id=cid)
+    assert [(f["id"], f["code"]) for f in of_type(carol, "error")] == [
+        ("3", "call_not_found"),
+        ("4", "call_not_found"),
+    ]
+    assert of_type(bob, "rtc.ice") == []
+
+
+async def test_ring_timeout_via_tick(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", to="bob")
+    env.clock.advance(29)
+    await env.hub.tick()
+    assert of_type(bob, "call.ended") == []
+    env.clock.advance(2)
+    await env.hub.tick()
+    assert [f["reason"] for f in of_type(bob, "call.ended")] == ["timeout"]
+    assert [f["reason"] for f in of_type(alice, "call.ended")] == ["timeout"]
+
+
+async def test_disconnect_then_peer_lost_or_resume(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(bob, type="call.accept", call_id=cid)
+    await env.hub.disconnect(alice)
+    env.clock.advance(10)
+    await env.hub.tick()
+    alice2 = await env.hub.connect(ALICE)
+    welcome = frames(alice2)[0]
+    assert welcome["call"] == {
+        "call_id": cid,
+        "state": "active",
+        "peer": {"id": "bob", "role": "host", "name": "Bob"},
+        "role": "caller",
+    }
+    env.clock.advance(60)
+    await env.hub.tick()
+    assert of_type(bob, "call.ended") == []
+
+    await env.hub.disconnect(bob)
+    env.clock.advance(15)
+    await env.hub.tick()
+    assert [f["reason"] for f in of_type(alice2, "call.ended")] == ["peer_lost"]
+
+
+async def test_new_session_replaces_old(env: Env) -> None:
+    old = await env.hub.connect(ALICE)
+    new = await env.hub.connect(ALICE)
+    assert old.close_code is CloseCode.REPLACED
+    await env.hub.disconnect(old)  # the old socket's late cleanup
+    assert env.hub.sessions["alice"] is new
+    assert "alice" in await env.presence.get_many(["alice"])
+
+
+async def test_bad_frames_get_errors_and_session_goes_on(env: Env) -> None:
+    alice = await env.hub.connect(ALICE)
+    frames(alice)
+    bad: list[str | bytes] = [
+        "{not json",
+        '{"type": "nope", "id": "a"}',
+        '{"type": "call.invite", "id": "b", "to": 42}',
+        '{"type": "presence.update", "id": "c", "status": "dancing"}',
+        '{"type": "presence.update", "id": "d", "status": "away",'
+        ' "location": {"lat": 91, "lon": 0}}',
+        '{"type": "call.accept", "id": "e"}',
+        b'{"type": "presence.update"}',
+        '{"type": "presence.watch", "id": "f", "user_ids": ["bad id with spaces"]}',
+        "[1,2]",
+        '{"type": "rtc.offer", "id": "g", "call_id": "c", "sdp": "' + "x" * 70000 + '"}',
+    ]
+    for frame in bad:
+        await env.hub.handle_frame(alice, frame)
+    errors = [(f.get("id"), f["code"]) for f in frames(alice)]
+    assert errors == [
+        (None, "bad_json"),
+        ("a", "unknown_type"),
+        ("b", "invalid_message"),
+        ("c", "invalid_message"),
+        ("d", "invalid_message"),
+        ("e", "invalid_message"),
+        (None, "binary_not_supported"),
+        ("f", "invalid_message"),
+        (None, "bad_json"),
+        (None, "frame_too_large"),
+    ]
+    await env.send(alice, type="presence.update", id="ok", status="away")
+    assert frames(alice) == [{"type": "ack", "id": "ok"}]
+    assert not alice.closing
+
+
+async def test_rate_limit_then_flood_close() -> None:
+    env = Env(rate_per_s=1, rate_burst=3, flood_close_after=5)
+    alice = await env.hub.connect(ALICE)
+    frames(alice)
+    for n in range(3):
+        await env.send(alice, type="presence.update", id=str(n), status="available")
+    await env.send(alice, type="presence.update", id="x", status="available")
+    out = frames(alice)
+    assert [f["type"] for f in out] == ["ack", "ack", "ack", "error"]
+    assert out[-1] == {"type": "error", "id": "x", "code": "rate_limited", "message": "slow down"}
+    env.clock.advance(1)  # one token back
+    await env.send(alice, type="presence.update", id="y", status="available")
+    assert frames(alice) == [{"type": "ack", "id": "y"}]
+    for _ in range(5):
+        await env.send(alice, type="presence.update", status="available")
+    assert alice.close_code is CloseCode.POLICY
+
+
+async def test_slow_consumer_is_closed_not_buffered() -> None:
+    env = Env(send_queue_max=8)
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="presence.watch", user_ids=["bob"])
+    aborted = []
+    alice.on_abort = lambda: aborted.append(True)
+    for n in range(20):
+        await env.send(bob, type="presence.update", status="away" if n % 2 else "available")
+    assert alice.close_code is CloseCode.POLICY and aborted == [True]
+    assert alice.take() == []  # nothing kept for a dead consumer
+    assert not bob.closing
+
+
+async def test_watch_limit() -> None:
+    env = Env(presence_watch_max=2)
+    alice = await env.hub.connect(ALICE)
+    await env.send(alice, type="presence.watch", id="1", user_ids=["a", "b", "c"])
+    assert of_type(alice, "error")[0]["code"] == "too_many_watches"
+
+
+async def test_store_failure_is_an_error_not_a_crash(env: Env) -> None:
+    alice = await env.hub.connect(ALICE)
+    frames(alice)
+
+    async def broken(*_: object) -> None:
+        raise ConnectionError("redis went away")
+
+    env.presence.set = broken  # type: ignore[method-assign,assignment]
+    await env.send(alice, type="presence.update", id="1", status="away")
+    assert frames(alice) == [
+        {"type": "error", "id": "1", "code": "unavailable", "message": "try again shortly"}
+    ]
+    assert not alice.closing
+
+
+async def test_shutdown_ends_calls_and_closes_with_restart(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(bob, type="call.accept", call_id=cid)
+    await env.hub.shutdown()
+    assert [f["reason"] for f in of_type(alice, "call.ended")] == ["shutdown"]
+    assert alice.close_code is CloseCode.SERVICE_RESTART
+    assert bob.close_code is CloseCode.SERVICE_RESTART
+
+
+async def test_end_call_from_outside(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(bob, type="call.accept", call_id=cid)
+    assert await env.hub.end_call(cid, EndReason.INSUFFICIENT_BALANCE)
+    assert not await env.hub.end_call(cid, EndReason.ADMIN)
+    assert [f["reason"] for f in of_type(bob, "call.ended")] == ["insufficient_balance"]
+
+
+async def test_broken_billing_hook_ends_the_call_not_the_session(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+
+    async def broken(call: Call) -> StartTerms:
+        raise RuntimeError("database went away")
+
+    env.hooks.call_started = broken  # type: ignore[method-assign]
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(bob, type="call.accept", id="2", call_id=cid)
+    out = frames(bob)
+    assert {"type": "ack", "id": "2"} in out
+    assert [f["reason"] for f in out if f["type"] == "call.ended"] == ["cancelled"]
+    assert env.hub.calls.call_of("alice") is None and not bob.closing
+
+
+async def test_connect_with_store_down_leaves_no_session(env: Env) -> None:
+    async def broken(*_: object) -> None:
+        raise ConnectionError("redis went away")
+
+    env.presence.set = broken  # type: ignore[method-assign,assignment]
+    with pytest.raises(ConnectionError):
+        await env.hub.connect(ALICE)
+    assert "alice" not in env.hub.sessions

@@ -1,0 +1,151 @@
+"""Presence: who is online, on which node and session, with what status.
+
+``PresenceStore`` is the interface the hub uses; ``MemoryPresence`` is the embedded
+adapter and ``presence_redis.RedisPresence`` the real one. One contract suite
+(tests/contract/test_presence_contract.py) runs against both.
+
+Semantics both adapters keep:
+- a record is owned by (node, session); ``clear`` only removes the caller's own session's
+  record, so a replaced session's late cleanup cannot wipe the newer one;
+- a record is live while its TTL has not run out AND its node's liveness key exists:
+  a node that stops beating takes its users offline at once for readers, and
+  ``sweep`` removes what a dead node left behind;
+- ``available(role)`` lists live users whose status is available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from .clock import Clock
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    user_id: str
+    status: str  # available | busy | away
+    role: str
+    name: str
+    node_id: str
+    session_id: str
+    lat: float | None = None
+    lon: float | None = None
+
+
+class PresenceStore(Protocol):
+    node_id: str
+
+    async def set(self, record: PresenceRecord) -> None:
+        """Create or replace the user's record (this node, this session)."""
+
+    async def clear(self, user_id: str, session_id: str) -> bool:
+        """Remove the record if it still belongs to ``session_id``; True if removed."""
+
+    async def get_many(self, user_ids: Iterable[str]) -> dict[str, PresenceRecord]:
+        """Live records of these users; offline users are absent."""
+
+    async def available(self, role: str, limit: int) -> list[str]:
+        """Up to ``limit`` live users with this role and status available."""
+
+    async def beat(self, user_ids: Iterable[str]) -> None:
+        """Mark this node alive and refresh the TTL of its users' records."""
+
+    async def sweep(self) -> list[str]:
+        """Remove records of nodes that stopped beating; returns the users removed."""
+
+    async def retire(self) -> None:
+        """Orderly exit: drop this node's liveness and all its records."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryWorld:
+    """Shared state for several MemoryPresence nodes (one per node in tests)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.records: dict[str, tuple[PresenceRecord, float]] = {}  # uid -> (record, expires)
+        self.nodes: dict[str, float] = {}  # node id -> liveness expiry
+
+
+class MemoryPresence:
+    def __init__(
+        self, world: MemoryWorld, node_id: str, *, ttl_s: float, node_ttl_s: float
+    ) -> None:
+        self.node_id = node_id
+        self._world = world
+        self._ttl = ttl_s
+        self._node_ttl = node_ttl_s
+
+    def _now(self) -> float:
+        return self._world.clock.monotonic()
+
+    def _live(self, rec: PresenceRecord, expires: float) -> bool:
+        now = self._now()
+        return expires > now and self._world.nodes.get(rec.node_id, 0.0) > now
+
+    async def set(self, record: PresenceRecord) -> None:
+        record = replace(record, node_id=self.node_id)
+        now = self._now()
+        if self._world.nodes.get(self.node_id, 0.0) <= now:  # a node setting is alive
+            self._world.nodes[self.node_id] = now + self._node_ttl
+        self._world.records[record.user_id] = (record, now + self._ttl)
+
+    async def clear(self, user_id: str, session_id: str) -> bool:
+        entry = self._world.records.get(user_id)
+        if entry is None or entry[0].session_id != session_id or entry[1] <= self._now():
+            return False
+        del self._world.records[user_id]
+        return True
+
+    async def get_many(self, user_ids: Iterable[str]) -> dict[str, PresenceRecord]:
+        out = {}
+        for uid in user_ids:
+            entry = self._world.records.get(uid)
+            if entry is not None and self._live(*entry):
+                out[uid] = entry[0]
+        return out
+
+    async def available(self, role: str, limit: int) -> list[str]:
+        out: list[str] = []
+        if limit <= 0:
+            return out
+        for rec, expires in self._world.records.values():
+            if rec.role == role and rec.status == "available" and self._live(rec, expires):
+                out.append(rec.user_id)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def beat(self, user_ids: Iterable[str]) -> None:
+        now = self._now()
+        self._world.nodes[self.node_id] = now + self._node_ttl
+        for uid in user_ids:
+            entry = self._world.records.get(uid)
+            if entry is not None and entry[0].node_id == self.node_id and entry[1] > now:
+                self._world.records[uid] = (entry[0], now + self._ttl)
+
+    async def sweep(self) -> list[str]:
+        now = self._now()
+        dead = {n for n, exp in self._world.nodes.items() if exp <= now}
+        # Expired records are simply gone (as Redis TTLs are); only a dead node's live
+        # records are reported, since nobody else will say those users left.
+        reported = []
+        for uid, (rec, exp) in list(self._world.records.items()):
+            if rec.node_id in dead or exp <= now:
+                del self._world.records[uid]
+                if rec.node_id in dead and exp > now:
+                    reported.append(uid)
+        for node in dead:
+            del self._world.nodes[node]
+        return reported
+
+    async def retire(self) -> None:
+        self._world.nodes.pop(self.node_id, None)
+        for uid in [u for u, (r, _) in self._world.records.items() if r.node_id == self.node_id]:
+            del self._world.records[uid]
+
+    async def close(self) -> None:
+        return None

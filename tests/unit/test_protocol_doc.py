@@ -1,0 +1,152 @@
+"""docs/protocol.md and docs/protocol.schema.json stay in step with the schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import msgspec
+import pytest
+
+from signalling import protocol_doc
+from signalling.auth import Identity, Role
+from signalling.calls import Call, CallBook
+from signalling.clock import ManualClock
+from signalling.hub import EndFigures, Hub, StartTerms
+from signalling.presence import MemoryPresence, MemoryWorld
+from signalling.protocol import (
+    CLIENT_TYPES,
+    SERVER_MESSAGES,
+    CloseCode,
+    EndReason,
+    ErrorCode,
+    ServerMessage,
+    Welcome,
+    encode,
+)
+from signalling.session import Session
+from signalling.settings import HubSettings
+from signalling.ws import TRY_AGAIN_LATER
+
+STALE = f"is out of date: run `{protocol_doc.REGENERATE}`"
+
+
+@pytest.fixture(scope="module")
+def rendered() -> str:
+    return protocol_doc.render()
+
+
+def test_protocol_md_is_generated(rendered: str) -> None:
+    on_disk = protocol_doc.DOC_PATH.read_text(encoding="utf-8")
+    assert on_disk == rendered, f"docs/protocol.md {STALE}"
+
+
+def test_schema_json_is_generated() -> None:
+    on_disk = protocol_doc.SCHEMA_PATH.read_text(encoding="utf-8")
+    assert on_disk == protocol_doc.json_schema(), f"docs/protocol.schema.json {STALE}"
+
+
+def test_every_code_reason_and_type_is_documented(rendered: str) -> None:
+    for code in ErrorCode:
+        assert f"| `{code.value}` |" in rendered, code
+    for reason in EndReason:
+        assert f"| `{reason.value}` |" in rendered, reason
+    for close in [*map(int, CloseCode), TRY_AGAIN_LATER]:
+        assert f"| {close} |" in rendered, close
+    for tag in CLIENT_TYPES:
+        assert f"#### `{tag}` (client → server)" in rendered, tag
+    for cls in SERVER_MESSAGES:
+        tag = cls.__struct_config__.tag
+        assert f"#### `{tag}` (server → client)" in rendered, tag
+
+
+def test_an_error_code_without_a_meaning_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(protocol_doc.ERROR_MEANINGS, ErrorCode.INTERNAL)
+    with pytest.raises(ValueError, match="internal"):
+        protocol_doc.render()
+
+
+def test_a_close_code_without_a_meaning_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(protocol_doc.CLOSE_MEANINGS, TRY_AGAIN_LATER)
+    with pytest.raises(ValueError, match="close code"):
+        protocol_doc.render()
+
+
+def test_section_citations_in_code_exist() -> None:
+    """Every §N cited in signalling/ (other than DESIGN's) is a section of the doc."""
+    package = protocol_doc.REPO_ROOT / "signalling"
+    cited = set()
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        text = re.sub(r"DESIGN §[\d.]+", "", text)
+        cited |= {m.rstrip(".") for m in re.findall(r"§(\d+(?:\.\d+)*)", text)}
+    assert cited, "expected § citations in signalling/"
+    assert cited <= protocol_doc.SECTION_NUMBERS, sorted(cited - protocol_doc.SECTION_NUMBERS)
+
+
+def test_schema_covers_both_directions() -> None:
+    schema = json.loads(protocol_doc.json_schema())
+    client = schema["$defs"]["ClientMessage"]["discriminator"]["mapping"]
+    server = schema["$defs"]["ServerMessage"]["discriminator"]["mapping"]
+    assert set(client) == CLIENT_TYPES
+    assert set(server) == {cls.__struct_config__.tag for cls in SERVER_MESSAGES}
+    assert schema["$defs"]["ErrorCode"]["enum"] == [c.value for c in ErrorCode]
+
+
+class ExampleBilling:
+    """The billing terms the §8 example shows."""
+
+    async def call_started(self, call: Call) -> StartTerms:
+        return StartTerms(rate=10, balance=300)
+
+    async def call_ended(self, call: Call) -> EndFigures:
+        return EndFigures(minutes=2, coins=20)
+
+
+async def test_example_is_what_the_hub_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """§8 replayed through a real Hub: same frames, same order, across both users."""
+    clock = ManualClock()
+    settings = HubSettings.model_validate(
+        {"ice_servers": [{"urls": ["stun:stun.example.net:3478"]}]}
+    )
+    hub = Hub(
+        settings=settings,
+        presence=MemoryPresence(MemoryWorld(clock), "n1", ttl_s=15, node_ttl_s=10),
+        clock=clock,
+        hooks=ExampleBilling(),
+    )
+    hub.calls = CallBook(
+        ring_timeout_s=settings.ring_timeout_s,
+        peer_lost_grace_s=settings.peer_lost_grace_s,
+        new_call_id=lambda: protocol_doc.EXAMPLE_CALL_ID,
+    )
+    steps = [s for s in protocol_doc.EXAMPLE if not isinstance(s, str)]
+    welcome = steps.pop(0)
+    sessions: dict[str, Session] = {}
+    sent: list[tuple[str, Any]] = []
+    for user in (Identity("alice", Role.CALLER, "Alice"), Identity("bob", Role.HOST, "Bob")):
+        session = await hub.connect(user)
+        first = msgspec.json.decode(session.take()[0])
+        if user.user_id == welcome[0]:
+            assert isinstance(welcome[2], Welcome)
+            assert first == {**_decoded(welcome[2]), "session_id": first["session_id"]}
+
+        def record(frame: bytes, who: str = user.user_id) -> None:
+            sent.append((who, msgspec.json.decode(frame)))
+
+        monkeypatch.setattr(session, "send_frame", record)
+        sessions[user.user_id] = session
+
+    expected: list[tuple[str, Any]] = []
+    for who, arrow, frame in steps:
+        if arrow == "->":
+            await hub.handle_frame(sessions[who], msgspec.json.encode(frame).decode())
+        else:
+            assert isinstance(frame, ServerMessage)
+            expected.append((who, _decoded(frame)))
+    assert sent == expected
+
+
+def _decoded(message: ServerMessage) -> Any:
+    return msgspec.json.decode(encode(message))

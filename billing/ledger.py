@@ -1,0 +1,314 @@
+"""The ledger interface billing is built on (DESIGN §5), with its value types.
+
+Two adapters implement ``Ledger``: ``ledger_memory.MemoryLedger`` (embedded default) and
+``ledger_pg.PgLedger`` (PostgreSQL, asyncpg). One contract suite
+(tests/contract/test_ledger_contract.py) runs against both.
+
+Money model, shared by both adapters:
+- Integer coins only. Accounts: per user ``wallet`` (bought coins), ``earnings`` (earned
+  coins, the only withdrawable ones), ``withdrawal_pending``; ``platform`` ``revenue``; and
+  external clearing accounts (``ext:<provider>`` ``clearing`` for recharges, ``ext:admin``
+  for manual credits, ``ext:payouts`` for paid withdrawals) which may go negative. User
+  accounts never go negative.
+- Every change is one immutable journal entry with a UNIQUE idempotency key and a hash of
+  the request; its postings sum to zero. Replaying a key with the same request returns the
+  first result and changes nothing; the same key with a different request raises
+  IdempotencyConflict.
+- Keys: ``cm:<call>:<minute>`` call-minute, ``gift:<sender>:<client key>``,
+  ``rc:<provider>:<txn>`` recharge, ``credit:<admin key>`` manual credit,
+  ``wd:<withdrawal>:request|paid|rejected`` withdrawal steps.
+- A call's share (basis points) is copied onto the call when it opens. A charge of ``c``
+  coins credits the host ``c * share_bps // 10000`` (floored) and the platform the rest.
+- Minutes are prepaid: minute 1 is charged by ``open_call``; minute ``n`` falls due at
+  ``started_at + (n - 1) * minute_seconds`` on the ledger's clock (the database clock for
+  PostgreSQL) and is charged by the first ``bill_due`` after that instant (strictly after,
+  so a minute due at the very instant a call is closed is never charged). A call whose
+  next minute cannot be paid is ended by ``bill_due`` with reason ``insufficient_balance``.
+  No minute n >= 2 is ever charged at or after a call's end. The minute length is copied
+  onto the call when it opens, like its share.
+- A call's payer and host must differ (InvalidAmount otherwise, as for a gift to oneself:
+  both would turn bought coins into withdrawable earnings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from billing.errors import InvalidAmount
+
+WithdrawalState = Literal["pending", "paid", "rejected"]
+CallState = Literal["active", "ended"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallTerms:
+    call_id: str
+    payer: str
+    host: str
+    rate: int  # coins per minute, >= 0
+    share_bps: int  # host share, 0..10000
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedCall:
+    call_id: str
+    rate: int
+    balance: int  # payer's wallet after minute 1
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One call-minute charged by ``bill_due``."""
+
+    call_id: str
+    payer: str
+    host: str
+    minute: int  # 1-based; bill_due produces minute >= 2
+    charged: int
+    balance: int  # payer's wallet after this charge
+    minutes_left: int  # whole further minutes the balance pays for (balance // rate;
+    # UNLIMITED_MINUTES for a free call, rate 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A call ``bill_due`` ended because its next minute could not be paid."""
+
+    call_id: str
+    payer: str
+    host: str
+    minutes: int  # minutes charged in total
+    coins: int  # coins charged in total
+
+
+@dataclass(frozen=True, slots=True)
+class BillingRound:
+    ticks: list[Tick]
+    stopped: list[Stop]
+
+
+@dataclass(frozen=True, slots=True)
+class CallTotals:
+    call_id: str
+    minutes: int
+    coins: int
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    wallet: int
+    earnings: int
+    withdrawal_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal entry as seen from one user's accounts (newest first when listed)."""
+
+    id: int
+    key: str
+    kind: str  # call_minute, gift, recharge, credit, withdrawal_request, ...
+    created_at: float  # unix seconds
+    wallet_delta: int
+    earnings_delta: int
+    pending_delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    payer: str
+    host: str
+    rate: int
+    share_bps: int
+    started_at: float  # unix seconds
+    ended_at: float | None
+    state: CallState
+    end_reason: str | None
+    minutes: int
+    coins: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gift:
+    gift_id: str
+    name: str
+    price: int  # coins, > 0
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GiftSent:
+    gift_id: str
+    price: int
+    host_credit: int
+    sender_balance: int  # sender's wallet after the gift
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    id: int
+    host: str
+    amount: int
+    state: WithdrawalState
+    created_at: float
+    decided_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One failed invariant, with the offending rows described."""
+
+    check: str
+    detail: str
+
+
+class Ledger(Protocol):
+    # --- calls --------------------------------------------------------------------------
+
+    async def open_call(self, terms: CallTerms) -> OpenedCall:
+        """Record the call and charge minute 1 (key cm:<call>:1). InsufficientFunds (and
+        nothing recorded) if the payer cannot pay one minute. Replaying the same call id
+        with the same terms returns the same result; other terms: IdempotencyConflict."""
+
+    async def bill_due(self, limit: int) -> BillingRound:
+        """Charge up to ``limit`` due call-minutes (set-based; safe to run concurrently in
+        many processes: each due call-minute is charged exactly once), ending calls whose
+        next minute cannot be paid. A call more than one minute behind gets one minute per
+        round, so a slow round never skips or double-charges a minute."""
+
+    async def close_call(self, call_id: str, reason: str) -> CallTotals:
+        """End the call (idempotent: closing an ended call returns its totals).
+        NotFound for an unknown call."""
+
+    async def calls(self, user_id: str, *, limit: int, before: float | None) -> list[CallRecord]:
+        """Calls the user paid for or hosted, newest first, started before ``before``."""
+
+    # --- balances and history -----------------------------------------------------------
+
+    async def balances(self, user_id: str) -> Balances:
+        """Zeros for a user with no accounts yet."""
+
+    async def entries(self, user_id: str, *, limit: int, before: int | None) -> list[Entry]:
+        """The user's journal entries, newest first, with id < ``before``."""
+
+    # --- rates and gifts ----------------------------------------------------------------
+
+    async def host_rate(self, host: str) -> int | None:
+        """The rate an admin set for this host, or None (the caller uses the default)."""
+
+    async def set_host_rate(self, host: str, rate: int) -> None: ...
+
+    async def put_gift(self, gift: Gift) -> None:
+        """Create or replace a catalog item (admin)."""
+
+    async def gifts(self, *, active_only: bool) -> list[Gift]: ...
+
+    async def send_gift(
+        self,
+        key: str,
+        *,
+        sender: str,
+        receiver: str,
+        gift_id: str,
+        share_bps: int,
+    ) -> GiftSent:
+        """Debit the sender the gift's price, credit the receiver's earnings the floored
+        share and the platform the rest. NotFound for an unknown or inactive gift,
+        InsufficientFunds if the wallet is short, InvalidAmount for sender == receiver."""
+
+    # --- money in and out ---------------------------------------------------------------
+
+    async def recharge(self, provider: str, txn_id: str, user_id: str, amount: int) -> Balances:
+        """Credit the wallet from ext:<provider> (key rc:<provider>:<txn>)."""
+
+    async def credit(self, key: str, user_id: str, amount: int, *, admin: str) -> Balances:
+        """Manual top-up of a wallet from ext:admin (key credit:<key>)."""
+
+    async def request_withdrawal(self, key: str, host: str, amount: int) -> Withdrawal:
+        """Move ``amount`` from earnings to withdrawal_pending; InsufficientFunds if the
+        earnings are short. ``key`` is the client's idempotency key (scoped to the host); a
+        replay returns the same withdrawal as it is now (it may have been decided since)."""
+
+    async def decide_withdrawal(
+        self, withdrawal_id: int, *, approve: bool, admin: str
+    ) -> Withdrawal:
+        """pending -> paid (to ext:payouts) or rejected (back to earnings), exactly once:
+        InvalidState if already decided, NotFound if unknown."""
+
+    async def withdrawals(
+        self, *, host: str | None, state: WithdrawalState | None, limit: int
+    ) -> list[Withdrawal]: ...
+
+    # --- audit --------------------------------------------------------------------------
+
+    async def check(self) -> list[Problem]:
+        """Every invariant of the model; empty when the books are clean."""
+
+    async def close(self) -> None: ...
+
+
+# --- rules both adapters share (pure; the contract suite pins them) ---------------------
+
+WALLET = "wallet"
+EARNINGS = "earnings"
+PENDING = "withdrawal_pending"
+USER_KINDS = (WALLET, EARNINGS, PENDING)  # also the order user accounts are locked in
+PLATFORM = ("platform", "revenue")
+PAYOUTS = ("ext:payouts", "clearing")
+ADMIN_CLEARING = ("ext:admin", "clearing")
+UNLIMITED_MINUTES = 2**31 - 1
+INSUFFICIENT_BALANCE = "insufficient_balance"
+
+
+def clearing_account(provider: str) -> tuple[str, str]:
+    return (f"ext:{provider}", "clearing")
+
+
+def call_minute_key(call_id: str, minute: int) -> str:
+    return f"cm:{call_id}:{minute}"
+
+
+def host_part(coins: int, share_bps: int) -> int:
+    """The host's floored share; the platform gets ``coins - host_part``."""
+    return coins * share_bps // 10000
+
+
+def minutes_left(balance: int, rate: int) -> int:
+    return balance // rate if rate > 0 else UNLIMITED_MINUTES
+
+
+def request_hash(*parts: object) -> str:
+    """What a key was first used for; a replay must hash the same."""
+    text = "\x1f".join(str(part) for part in parts)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_amount(amount: int, max_amount: int) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidAmount(f"amount must be an integer number of coins, got {amount!r}")
+    if amount <= 0 or amount > max_amount:
+        raise InvalidAmount(f"amount must be between 1 and {max_amount}, got {amount}")
+
+
+def check_share(share_bps: int) -> None:
+    if not 0 <= share_bps <= 10000:
+        raise InvalidAmount(f"share_bps must be between 0 and 10000, got {share_bps}")
+
+
+def check_terms(terms: CallTerms, max_amount: int) -> None:
+    if terms.payer == terms.host:
+        raise InvalidAmount("a user cannot call themselves")
+    if not 0 <= terms.rate <= max_amount:
+        raise InvalidAmount(f"rate must be between 0 and {max_amount}, got {terms.rate}")
+    check_share(terms.share_bps)
+
+
+def problem(check: str, what: str, items: Sequence[str]) -> Problem:
+    """A failed invariant naming its offending rows (the first 20 of them)."""
+    shown = "; ".join(items[:20])
+    more = f" (and {len(items) - 20} more)" if len(items) > 20 else ""
+    return Problem(check, f"{len(items)} {what}: {shown}{more}")

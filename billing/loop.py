@@ -1,0 +1,66 @@
+"""The per-minute billing loop that runs in every process (DESIGN §3, §5).
+
+Each round asks the ledger to charge due call-minutes; the ledger claims them with
+FOR UPDATE SKIP LOCKED, so loops in many processes share the work and every minute is
+charged once. What happened is reported through ``BillingEvents``, which the composition
+root wires to the hub (billing never imports signalling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Protocol
+
+from .ledger import BillingRound, Ledger, Stop, Tick
+from .settings import BillingSettings
+
+log = logging.getLogger(__name__)
+
+
+class BillingEvents(Protocol):
+    async def minute_charged(self, tick: Tick, *, low_balance: bool) -> None:
+        """A minute was charged; ``low_balance`` when fewer than N minutes remain."""
+
+    async def out_of_money(self, stop: Stop) -> None:
+        """The call was ended by the ledger: its next minute could not be paid."""
+
+
+class BillingLoop:
+    def __init__(self, ledger: Ledger, settings: BillingSettings, events: BillingEvents) -> None:
+        self._ledger = ledger
+        self._settings = settings
+        self._events = events
+
+    async def run_once(self) -> BillingRound:
+        """One batch: charge, then report. Returns what the ledger did."""
+        billed = await self._ledger.bill_due(self._settings.batch_size)
+        warn_below = self._settings.low_balance_minutes
+        for tick in billed.ticks:
+            await self._report(
+                self._events.minute_charged(tick, low_balance=tick.minutes_left < warn_below)
+            )
+        for stop in billed.stopped:
+            await self._report(self._events.out_of_money(stop))
+        return billed
+
+    async def run(self) -> None:
+        """Forever: drain everything due, then sleep one interval."""
+        while True:
+            try:
+                while True:
+                    billed = await self.run_once()
+                    if len(billed.ticks) + len(billed.stopped) < self._settings.batch_size:
+                        break
+            except Exception:
+                # The database going away must not stop billing for good; retry next round.
+                log.exception("billing round failed")
+            await asyncio.sleep(self._settings.loop_interval_s)
+
+    async def _report(self, event: Awaitable[None]) -> None:
+        try:
+            await event
+        except Exception:
+            # Money has moved already; a failed notification must not undo or repeat it.
+            log.exception("billing event delivery failed")

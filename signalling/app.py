@@ -10,16 +10,25 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 
+import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+
+from billing.ledger_memory import MemoryLedger
+from billing.ledger_pg import PgLedger
+from billing.loop import BillingLoop
+from billing.migrate import migrate
 
 from .auth import Identity, KeyMaterial, Role, TokenVerifier, load_keys, mint_token
 from .clock import Clock, SystemClock
 from .errors import ConfigError
-from .hub import CallHooks, FreeCalls, Hub
+from .http_api import BILLING_SETTINGS, LEDGER, add_routes
+from .hub import CallHooks, Hub
+from .money import HubBillingEvents, LedgerHooks
 from .presence import MemoryPresence, MemoryWorld, PresenceStore
 from .presence_redis import RedisPresence
 from .settings import Settings
@@ -29,6 +38,7 @@ SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeyMaterial)
 CLOCK = web.AppKey("clock", Clock)
 TIMER_TICK_S = 0.25
+DEV_CREDIT_MAX = 10_000
 log = logging.getLogger("jalwa")
 
 
@@ -38,6 +48,7 @@ def create_app(
     clock: Clock | None = None,
     hooks: CallHooks | None = None,
 ) -> web.Application:
+    """Everything jalwa serves. ``hooks`` replaces the ledger-backed call hooks (tests)."""
     if settings.env == "production" and (problems := settings.production_problems()):
         raise ConfigError("production mode cannot start: " + "; ".join(problems))
     keys = load_keys(settings, create_dev_key=True)
@@ -52,10 +63,13 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[HUB_SETTINGS] = settings.hub
     app[VERIFIER] = TokenVerifier(keys, settings.auth)
-    app.cleanup_ctx.append(_hub_context(hooks or FreeCalls()))
+    app[BILLING_SETTINGS] = settings.billing
+    app.cleanup_ctx.append(_ledger_context)
+    app.cleanup_ctx.append(_hub_context(hooks))
     app.on_shutdown.append(_close_sessions)
     app.router.add_get("/v1/ws", websocket)
     app.router.add_get("/healthz", _health)
+    add_routes(app)
     if settings.env == "development":
         app.router.add_get("/v1/dev/token", _dev_token)
         if settings.hub.demo_page:
@@ -63,8 +77,28 @@ def create_app(
     return app
 
 
+async def _ledger_context(app: web.Application) -> AsyncIterator[None]:
+    """The ledger: PostgreSQL when JALWA_DATABASE_URL is set, else in memory."""
+    settings, clock = app[SETTINGS], app[CLOCK]
+    if settings.database_url is None:
+        app[LEDGER] = MemoryLedger(settings.billing, now=clock.time)
+        yield
+        return
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
+    try:
+        if settings.migrate_on_start:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        app[LEDGER] = PgLedger(pool, settings.billing)
+        yield
+    finally:
+        await pool.close()
+
+
 def _hub_context(
-    hooks: CallHooks,
+    hooks: CallHooks | None,
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -88,20 +122,23 @@ def _hub_context(
                 ttl_s=settings.presence.ttl_s,
                 node_ttl_s=settings.presence.node_ttl_s,
             )
+        ledger_hooks = LedgerHooks(app[LEDGER], settings.billing)
         hub = Hub(
             settings=settings.hub,
             presence=presence,
             clock=clock,
-            hooks=hooks,
+            hooks=hooks or ledger_hooks,
             media="p2p",
             logger=logging.getLogger("jalwa.hub"),
         )
         app[HUB] = hub
+        billing_loop = BillingLoop(app[LEDGER], settings.billing, HubBillingEvents(hub))
         await hub.beat()
         beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3
         tasks = [
             asyncio.create_task(_every(TIMER_TICK_S, hub.tick, "timers")),
             asyncio.create_task(_every(beat_every, hub.beat, "presence beat")),
+            asyncio.create_task(billing_loop.run()),
         ]
         log.info("hub up: node %s, presence in %s", settings.node_id, type(presence).__name__)
         try:
@@ -110,6 +147,7 @@ def _hub_context(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await ledger_hooks.aclose()
             with contextlib.suppress(Exception):
                 await presence.retire()
             await presence.close()
@@ -152,13 +190,17 @@ def _is_loopback(request: web.Request) -> bool:
 
 
 async def _dev_token(request: web.Request) -> web.Response:
-    """Development only: a token for the demo page. Loopback callers only."""
+    """Development only: a token for the demo page, and optionally coins to try calls with.
+    Loopback callers only."""
     if not _is_loopback(request):
         raise web.HTTPForbidden(text="development tokens are for loopback clients only")
     user = request.query.get("user", "")
     role = request.query.get("role", "caller")
     if role not in {Role.CALLER.value, Role.HOST.value}:
         raise web.HTTPBadRequest(text="role must be caller or host")
+    credit = request.query.get("credit", "0")
+    if not credit.isdigit() or int(credit) > DEV_CREDIT_MAX:
+        raise web.HTTPBadRequest(text=f"credit must be 0..{DEV_CREDIT_MAX} coins")
     try:
         token = mint_token(
             request.app[KEYS],
@@ -169,6 +211,9 @@ async def _dev_token(request: web.Request) -> web.Response:
         )
     except ConfigError as exc:
         raise web.HTTPBadRequest(text=exc.message) from exc
+    if int(credit) > 0:
+        key = f"dev:{user}:{secrets.token_hex(8)}"
+        await request.app[LEDGER].credit(key, user, int(credit), admin="dev")
     return web.json_response({"token": token})
 
 

@@ -41,6 +41,11 @@ _ALLOWED = {
 }
 
 
+def payer_and_host(a: Identity, b: Identity) -> tuple[Identity, Identity]:
+    """The party who pays is the one with role caller (a host may ring a caller back)."""
+    return (a, b) if a.role is Role.CALLER else (b, a)
+
+
 def user_info(identity: Identity) -> UserInfo:
     return UserInfo(id=identity.user_id, role=identity.role.value, name=identity.name)
 
@@ -60,12 +65,11 @@ class Call:
 
     @property
     def payer(self) -> Identity:
-        """The party who pays: the one with role caller (a host may ring a caller back)."""
-        return self.caller if self.caller.role is Role.CALLER else self.callee
+        return payer_and_host(self.caller, self.callee)[0]
 
     @property
     def host(self) -> Identity:
-        return self.callee if self.caller.role is Role.CALLER else self.caller
+        return payer_and_host(self.caller, self.callee)[1]
 
     @property
     def record(self) -> bool:
@@ -173,18 +177,7 @@ class CallBook:
         record: bool = False,
     ) -> tuple[Call, list[Effect]]:
         """``callee_status`` is the callee's shown presence (offline when not connected)."""
-        if caller.user_id == callee.user_id:
-            raise CallError("you cannot call yourself", code=ErrorCode.SELF_CALL)
-        if {caller.role, callee.role} != {Role.CALLER, Role.HOST}:
-            raise CallError("a call is between a caller and a host", code=ErrorCode.FORBIDDEN)
-        if caller.user_id in self._by_user:
-            raise CallError("you are already in a call", code=ErrorCode.ALREADY_IN_CALL)
-        if callee_status == "offline":
-            raise CallError(f"{callee.user_id} is offline", code=ErrorCode.CALLEE_OFFLINE)
-        if callee.user_id in self._by_user or callee_status == "busy":
-            raise CallError(f"{callee.user_id} is busy", code=ErrorCode.CALLEE_BUSY)
-        if callee_status == "away":
-            raise CallError(f"{callee.user_id} is away", code=ErrorCode.CALLEE_AWAY)
+        self.check_invite(caller, callee, callee_status=callee_status)
         call = Call(
             call_id=self._new_id(),
             caller=caller,
@@ -203,6 +196,21 @@ class CallBook:
             ),
             Deliver(caller.user_id, CallRinging(call_id=call.call_id, callee=user_info(callee))),
         ]
+
+    def check_invite(self, caller: Identity, callee: Identity, *, callee_status: str) -> None:
+        """Raise the CallError an invite would raise now; nothing changes."""
+        if caller.user_id == callee.user_id:
+            raise CallError("you cannot call yourself", code=ErrorCode.SELF_CALL)
+        if {caller.role, callee.role} != {Role.CALLER, Role.HOST}:
+            raise CallError("a call is between a caller and a host", code=ErrorCode.FORBIDDEN)
+        if caller.user_id in self._by_user:
+            raise CallError("you are already in a call", code=ErrorCode.ALREADY_IN_CALL)
+        if callee_status == "offline":
+            raise CallError(f"{callee.user_id} is offline", code=ErrorCode.CALLEE_OFFLINE)
+        if callee.user_id in self._by_user or callee_status == "busy":
+            raise CallError(f"{callee.user_id} is busy", code=ErrorCode.CALLEE_BUSY)
+        if callee_status == "away":
+            raise CallError(f"{callee.user_id} is away", code=ErrorCode.CALLEE_AWAY)
 
     def accept(self, user_id: str, call_id: str, *, now: float, record: bool) -> list[Effect]:
         call = self.for_party(user_id, call_id)

@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     token.add_argument("--name", default="")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     sub.add_parser("genconfig", help="print every setting with its default")
+    sub.add_parser("migrate", help="apply pending SQL migrations to JALWA_DATABASE_URL")
+    ledger = sub.add_parser("ledger", help="ledger tools")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    ledger_sub.add_parser("check", help="check every ledger invariant; exit 1 on a problem")
     args = parser.parse_args(argv)
     env = os.environ if environ is None else environ
     try:
@@ -41,6 +45,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return _serve(settings, args.host, args.port)
         if args.command == "token":
             return _token(settings, args.user, Role(args.role), args.name, args.ttl)
+        if args.command == "migrate":
+            return asyncio.run(_migrate(_database_url(settings)))
+        if args.command == "ledger":
+            return asyncio.run(_ledger_check(settings, _database_url(settings)))
         print(genconfig())
         return 0
     except ValidationError as exc:
@@ -49,6 +57,41 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (ConfigError, ValueError) as exc:
         print(f"jalwa: {exc}", file=sys.stderr)
         return 2
+
+
+def _database_url(settings: Settings) -> str:
+    if settings.database_url is None:
+        raise ConfigError("set JALWA_DATABASE_URL to the PostgreSQL database")
+    return settings.database_url
+
+
+async def _migrate(url: str) -> int:
+    import asyncpg
+    from billing.migrate import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print("applied: " + ", ".join(applied) if applied else "nothing to apply")
+    return 0
+
+
+async def _ledger_check(settings: Settings, url: str) -> int:
+    import asyncpg
+    from billing.ledger_pg import PgLedger
+
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        problems = await PgLedger(pool, settings.billing).check()
+    finally:
+        await pool.close()
+    for problem in problems:
+        print(f"FAIL {problem.check}: {problem.detail}")
+    if not problems:
+        print("ledger ok: every invariant holds")
+    return 1 if problems else 0
 
 
 def _token(settings: Settings, user: str, role: Role, name: str, ttl: int) -> int:

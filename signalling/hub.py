@@ -13,8 +13,18 @@ from typing import Any, Protocol
 
 import msgspec
 
-from .auth import Identity
-from .calls import Call, CallBook, CallState, Deliver, Effect, Ended, Started, user_info
+from .auth import Identity, Role
+from .calls import (
+    Call,
+    CallBook,
+    CallState,
+    Deliver,
+    Effect,
+    Ended,
+    Started,
+    payer_and_host,
+    user_info,
+)
 from .clock import Clock
 from .errors import CallError, JalwaError
 from .presence import PresenceRecord, PresenceStore
@@ -34,6 +44,8 @@ from .protocol import (
     EndReason,
     Error,
     ErrorCode,
+    GiftReceived,
+    GiftSend,
     IceServerInfo,
     MediaMode,
     PresenceChanged,
@@ -47,6 +59,7 @@ from .protocol import (
     RtcOffer,
     RtcOfferOut,
     ServerMessage,
+    WalletBalance,
     Welcome,
     decode,
     encode,
@@ -75,22 +88,47 @@ class CallRefused(JalwaError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class GiftOutcome:
+    coins_to_receiver: int
+    sender_wallet: int
+    sender_earnings: int
+    receiver_wallet: int
+    receiver_earnings: int
+
+
 class CallHooks(Protocol):
-    """What the hub tells the rest of the service about calls (billing plugs in here)."""
+    """What the hub asks of the money side of the service (billing plugs in here).
+
+    Methods raise JalwaError subclasses with protocol error codes; ``call_started`` raises
+    CallRefused to end a call that may not run.
+    """
+
+    async def check_invite(self, payer: Identity, host: Identity) -> None:
+        """Refuse (e.g. insufficient_balance) before anyone is rung."""
 
     async def call_started(self, call: Call) -> StartTerms: ...
 
     async def call_ended(self, call: Call) -> EndFigures: ...
 
+    async def send_gift(self, sender: Identity, receiver: Identity, msg: GiftSend) -> GiftOutcome:
+        """Charge the sender for a catalog gift; idempotent on ``msg.idempotency_key``."""
+
 
 class FreeCalls:
-    """Hooks for a hub without billing: nothing is charged."""
+    """Hooks for a hub without billing: nothing is charged and there are no gifts."""
+
+    async def check_invite(self, payer: Identity, host: Identity) -> None:
+        return None
 
     async def call_started(self, call: Call) -> StartTerms:
         return StartTerms()
 
     async def call_ended(self, call: Call) -> EndFigures:
         return EndFigures()
+
+    async def send_gift(self, sender: Identity, receiver: Identity, msg: GiftSend) -> GiftOutcome:
+        raise JalwaError("this hub has no gift catalog", code=ErrorCode.UNKNOWN_GIFT)
 
 
 # A handler returns its reply (None: a plain ack) and the effects to run after the reply,
@@ -140,6 +178,7 @@ class Hub:
             RtcOffer: self._rtc_relay,
             RtcAnswer: self._rtc_relay,
             RtcIce: self._rtc_relay,
+            GiftSend: self._gift_send,
         }
 
     # --- connection lifecycle (§3) ------------------------------------------------------
@@ -237,6 +276,14 @@ class Hub:
             self._log.exception("effects of %s failed", type(message).__name__)
 
     # --- from outside: billing, admin, timers, shutdown ---------------------------------
+
+    def deliver(self, user_id: str, message: ServerMessage) -> bool:
+        """Send to the user's session on this node; False if they have none here."""
+        session = self.sessions.get(user_id)
+        if session is None:
+            return False
+        session.send(message)
+        return True
 
     async def end_call(self, call_id: str, reason: EndReason) -> bool:
         """End a call for an outside reason; False if it was not running."""
@@ -347,6 +394,10 @@ class Hub:
             else:
                 await self._require_local(msg.to)
                 raise CallError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
+        payer, host = payer_and_host(session.identity, callee)
+        # Validate before asking billing, so a self-call is not reported as "no money".
+        self.calls.check_invite(session.identity, callee, callee_status=status)
+        await self._hooks.check_invite(payer, host)
         call, effects = self.calls.invite(
             session.identity,
             callee,
@@ -466,6 +517,45 @@ class Hub:
                 except Exception:
                     # Presence catches up at the user's next update; the call must go on.
                     self._log.exception("presence update for %s failed", uid)
+
+    # --- gifts (§5.7) ---------------------------------------------------------------------
+
+    async def _gift_send(self, session: Session, msg: GiftSend) -> Outcome:
+        receiver = await self._gift_receiver(session, msg)
+        outcome = await self._hooks.send_gift(session.identity, receiver, msg)
+        gift = GiftReceived(
+            sender=user_info(session.identity),
+            gift_id=msg.gift_id,
+            coins=outcome.coins_to_receiver,
+            call_id=msg.call_id,
+        )
+        self.deliver(receiver.user_id, gift)
+        self.deliver(
+            receiver.user_id,
+            WalletBalance(wallet=outcome.receiver_wallet, earnings=outcome.receiver_earnings),
+        )
+        session.send(WalletBalance(wallet=outcome.sender_wallet, earnings=outcome.sender_earnings))
+        reply = Ack(id=msg.id, balance=outcome.sender_wallet) if msg.id is not None else None
+        return reply, []
+
+    async def _gift_receiver(self, session: Session, msg: GiftSend) -> Identity:
+        """The host the gift is for: the peer of the named call, or any online host."""
+        if msg.call_id is not None:
+            peer = self.calls.require_active(session.user_id, msg.call_id).peer_of(session.user_id)
+            if peer.user_id != msg.to:
+                raise CallError(f"{msg.to} is not in call {msg.call_id}", code=ErrorCode.FORBIDDEN)
+            receiver = peer
+        elif (local := self.sessions.get(msg.to)) is not None:
+            receiver = local.identity
+        else:
+            records = await self._presence.get_many([msg.to])
+            if msg.to not in records:
+                raise JalwaError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
+            rec = records[msg.to]
+            receiver = Identity(rec.user_id, Role(rec.role), rec.name)
+        if receiver.role is not Role.HOST or receiver.user_id == session.user_id:
+            raise JalwaError("gifts go from a caller to a host", code=ErrorCode.FORBIDDEN)
+        return receiver
 
     def _call_info(self, call: Call, user_id: str) -> CallInfo:
         return CallInfo(

@@ -40,6 +40,10 @@ class ErrorCode(enum.StrEnum):
     ALREADY_IN_CALL = "already_in_call"
     FORBIDDEN = "forbidden"
     TOO_MANY_WATCHES = "too_many_watches"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    UNKNOWN_GIFT = "unknown_gift"
+    INVALID_AMOUNT = "invalid_amount"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -155,6 +159,15 @@ class RtcIce(ClientMessage, tag="rtc.ice"):
     sdp_mline_index: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
 
 
+class GiftSend(ClientMessage, tag="gift.send"):
+    """§5.7 Send a catalog gift, paid from your wallet; idempotent on ``idempotency_key``."""
+
+    to: UserId
+    gift_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    call_id: CallId | None = None
+
+
 AnyClientMessage = (
     PresenceUpdate
     | PresenceWatch
@@ -167,6 +180,7 @@ AnyClientMessage = (
     | RtcOffer
     | RtcAnswer
     | RtcIce
+    | GiftSend
 )
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = AnyClientMessage.__args__
 CLIENT_TYPES = frozenset(m.__struct_config__.tag for m in CLIENT_MESSAGES)
@@ -215,6 +229,7 @@ class Ack(ServerMessage, tag="ack"):
     id: str
     call_id: str | None = None
     presence: dict[str, ShownStatus] | None = None
+    balance: int | None = None
 
 
 class Error(ServerMessage, tag="error"):
@@ -293,6 +308,38 @@ class RtcIceOut(ServerMessage, tag="rtc.ice"):
     sdp_mline_index: int | None = None
 
 
+class BillingTick(ServerMessage, tag="billing.tick"):
+    """§5.6 A minute of the call was charged (sent to the payer)."""
+
+    call_id: str
+    minute: int
+    charged: int
+    balance: int
+
+
+class BillingLowBalance(ServerMessage, tag="billing.low_balance"):
+    """§5.6 The payer's balance lasts fewer than the warning threshold of minutes."""
+
+    call_id: str
+    minutes_left: int
+
+
+class WalletBalance(ServerMessage, tag="wallet.balance"):
+    """§5.7 Your coins changed: bought coins (wallet) and earned coins (earnings)."""
+
+    wallet: int
+    earnings: int | None = None
+
+
+class GiftReceived(ServerMessage, tag="gift.received"):
+    """§5.7 Someone sent you a gift; ``coins`` is what it added to your earnings."""
+
+    sender: UserInfo = msgspec.field(name="from")
+    gift_id: str
+    coins: int
+    call_id: str | None = None
+
+
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome,
     Ack,
@@ -305,6 +352,10 @@ SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     RtcOfferOut,
     RtcAnswerOut,
     RtcIceOut,
+    BillingTick,
+    BillingLowBalance,
+    WalletBalance,
+    GiftReceived,
 )
 
 

@@ -59,6 +59,15 @@ ERROR_MEANINGS: dict[p.ErrorCode, str] = {
         "reserved for the other party (§5.2)."
     ),
     p.ErrorCode.TOO_MANY_WATCHES: "The watch would exceed `presence_watch_max` users (§4.2).",
+    p.ErrorCode.INSUFFICIENT_BALANCE: (
+        "The payer cannot pay one minute of the call (at `call.invite`), or the sender's "
+        "wallet cannot pay for the gift."
+    ),
+    p.ErrorCode.UNKNOWN_GIFT: "No such gift in the catalog, or it is not on sale (§5.7).",
+    p.ErrorCode.INVALID_AMOUNT: "An amount that is zero, negative or too large.",
+    p.ErrorCode.IDEMPOTENCY_CONFLICT: (
+        "The `idempotency_key` was used before for a different request."
+    ),
     p.ErrorCode.UNAVAILABLE: (
         "A backing store failed while handling the message; try again shortly."
     ),
@@ -144,6 +153,17 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("CallInvite", "record"): "ask to record the call",
     ("CallAccept", "record"): "consent to record, if the caller asked",
     ("RtcIce", "candidate"): "`null` or absent: end of candidates",
+    ("Ack", "balance"): "after `gift.send`: your wallet's coins",
+    ("BillingTick", "minute"): "1-based minute of the call just paid",
+    ("BillingTick", "charged"): "coins charged for it",
+    ("BillingTick", "balance"): "your wallet after the charge",
+    ("BillingLowBalance", "minutes_left"): "whole minutes your wallet still pays for",
+    ("WalletBalance", "wallet"): "bought coins",
+    ("WalletBalance", "earnings"): "earned coins (withdrawable); absent when not known",
+    ("GiftReceived", "from"): "the sender",
+    ("GiftReceived", "coins"): "what the gift added to your earnings (your share)",
+    ("GiftSend", "idempotency_key"): "a retry with the same key changes nothing",
+    ("GiftSend", "call_id"): "the call the gift is sent in, if any",
 }
 
 HIDDEN_SETTINGS = frozenset({"demo_page"})  # not part of the protocol
@@ -316,8 +336,9 @@ the other party gets `forbidden`. All three need a ringing call (`invalid_state`
 
 - `call.accept` makes the call active. Billing then sets its terms and both parties get
   `call.started`: `rate` is the price in coins per minute and `balance` the payer's coins,
-  in the payer's copy only (a hub without billing omits both). If billing refuses the call
-  (for example the payer cannot pay a minute), it ends at once with that reason and
+  in the payer's copy only (a hub without billing sends rate 0 and no balance). If
+  billing refuses the call (for example the payer cannot pay a minute), it ends at once
+  with that reason and
   `call.ended` comes instead of `call.started`; the accept is acked either way.
 - `call.reject` ends the call with reason `rejected`; `call.cancel` with `cancelled`."""
 
@@ -328,7 +349,7 @@ S5_3 = """\
 
 S5_4 = """\
 Both parties get `call.ended`, if connected, and are shown their chosen status again.
-`minutes` and `coins` are what billing charged (omitted when 0).
+`minutes` and `coins` are what billing charged for the call (0 if it never started).
 
 When a party's last connection closes, the call waits for them for `peer_lost_grace_s`
 (default $peer_lost_grace_s s; 0 ends the call at once). If they reconnect in time,
@@ -349,6 +370,22 @@ While the peer is disconnected within its grace period, relayed frames are dropp
 sender is still acked); after reconnecting, start a new offer. The hub does not decide who
 offers; a simple convention is that the party who sent `call.invite` offers after
 `call.started`."""
+
+S5_6 = """\
+Minutes are prepaid: the first is charged when the call starts (a caller who cannot pay
+one minute gets `insufficient_balance` at `call.invite`), each next one when it begins.
+The payer gets `billing.tick` and `wallet.balance` for every minute charged after the
+first, and `billing.low_balance` with each tick while fewer than the configured number of
+minutes remain. When the next minute cannot be paid the call ends with reason
+`insufficient_balance`."""
+
+S5_7 = """\
+`gift.send` pays for a catalog gift (`GET /v1/gifts`) from the sender's wallet and
+credits the receiving host's earnings with their share. The receiver must be a host, and
+when `call_id` is given it must be the other party of that active call. The ack carries the
+sender's new `balance`; the sender and the receiver also get `wallet.balance`, and the
+receiver `gift.received`. A retry with the same `idempotency_key` (per sender) is acked
+again and changes nothing; the same key for another gift is `idempotency_conflict`."""
 
 S6 = """\
 An `error` frame carries `code` (below), a human-readable `message` (its wording may
@@ -390,6 +427,8 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("5.3", "Ending", S5_3),
     ("5.4", "The end of a call", S5_4),
     ("5.5", "Media negotiation (p2p relay)", S5_5),
+    ("5.6", "Billing during a call", S5_6),
+    ("5.7", "Gifts and wallet", S5_7),
     ("6", "Errors and limits", S6),
     ("7", "Close codes", S7),
     ("8", "Example", S8),

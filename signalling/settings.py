@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from billing.settings import BillingSettings
+
 ENV_PREFIX = "JALWA_"
 NESTED_DELIMITER = "__"
 
@@ -114,6 +116,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
     )
     redis_url: str | None = Field(None, description="Redis for presence; embedded when unset")
+    database_url: str | None = Field(
+        None, description="PostgreSQL for the ledger (postgresql://...); embedded when unset"
+    )
+    migrate_on_start: bool = Field(
+        False, description="apply pending SQL migrations when `jalwa serve` starts"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_json: bool = Field(False, description="JSON log lines instead of console format")
     shutdown_timeout_s: float = Field(10.0, ge=0, description="grace for open sockets on exit")
@@ -121,6 +129,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -148,6 +157,8 @@ class Settings(BaseSettings):
             )
         if self.redis_url is None:
             problems.append("no Redis for presence: set JALWA_REDIS_URL")
+        if self.database_url is None:
+            problems.append("no PostgreSQL for the ledger: set JALWA_DATABASE_URL")
         return problems
 
 

@@ -11,6 +11,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from signalling.app import create_app
+from signalling.hub import FreeCalls
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
 from tests.wsutil import recv
@@ -26,7 +27,7 @@ async def connect(client: TestClient[Any, Any], token: str) -> aiohttp.ClientWeb
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+    return await aiohttp_client(create_app(settings, hooks=FreeCalls()))  # type: ignore[no-any-return]
 
 
 async def test_two_clients_full_call(client: TestClient[Any, Any], token_for: MakeToken) -> None:
@@ -140,7 +141,10 @@ async def test_flood_closes_4008_and_others_keep_going(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
 ) -> None:
     client = await aiohttp_client(
-        create_app(make_settings(hub={"rate_per_s": 5, "rate_burst": 5, "flood_close_after": 20}))
+        create_app(
+            hooks=FreeCalls(),
+            settings=make_settings(hub={"rate_per_s": 5, "rate_burst": 5, "flood_close_after": 20}),
+        )
     )
     bystander = await connect(client, token_for("bob", "host"))
     flooder = await connect(client, token_for("alice"))
@@ -205,7 +209,9 @@ async def test_health_and_dev_token(client: TestClient[Any, Any]) -> None:
 async def test_peer_lost_over_sockets(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(hub={"peer_lost_grace_s": 0.3})))
+    client = await aiohttp_client(
+        create_app(hooks=FreeCalls(), settings=make_settings(hub={"peer_lost_grace_s": 0.3}))
+    )
     alice = await connect(client, token_for("alice"))
     bob = await connect(client, token_for("bob", "host"))
     await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})

@@ -85,6 +85,14 @@ def serve(tmp_path: Path, **extra: str) -> Iterator[Server]:
 @asynccontextmanager
 async def clients(server: Server) -> AsyncIterator[tuple[Any, Any]]:
     async with aiohttp.ClientSession() as http:
+        # An admin tops up the caller: a call needs at least one minute of coins.
+        admin = server.token("root", "admin")
+        resp = await http.post(
+            f"{server.url}/v1/admin/credit",
+            json={"user_id": "alice", "amount": 100, "idempotency_key": uuid.uuid4().hex},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert resp.status == 200, await resp.text()
         alice = await http.ws_connect(f"{server.url}/v1/ws?token={server.token('alice', 'caller')}")
         bob = await http.ws_connect(f"{server.url}/v1/ws?token={server.token('bob', 'host')}")
         await recv(alice, "welcome")

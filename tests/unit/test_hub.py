@@ -10,7 +10,7 @@ import pytest
 from signalling.auth import Identity, Role
 from signalling.calls import Call
 from signalling.clock import ManualClock
-from signalling.hub import CallRefused, EndFigures, Hub, StartTerms
+from signalling.hub import CallRefused, EndFigures, FreeCalls, Hub, StartTerms
 from signalling.presence import MemoryPresence, MemoryWorld
 from signalling.protocol import CloseCode, EndReason
 from signalling.session import Session
@@ -20,7 +20,7 @@ ALICE = Identity("alice", Role.CALLER, "Alice")
 BOB = Identity("bob", Role.HOST, "Bob")
 
 
-class RecordingHooks:
+class RecordingHooks(FreeCalls):
     def __init__(self) -> None:
         self.started: list[str] = []
         self.ended: list[tuple[str, str | None]] = []

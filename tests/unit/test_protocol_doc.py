@@ -13,7 +13,7 @@ from signalling import protocol_doc
 from signalling.auth import Identity, Role
 from signalling.calls import Call, CallBook
 from signalling.clock import ManualClock
-from signalling.hub import EndFigures, Hub, StartTerms
+from signalling.hub import EndFigures, FreeCalls, Hub, StartTerms
 from signalling.presence import MemoryPresence, MemoryWorld
 from signalling.protocol import (
     CLIENT_TYPES,
@@ -94,7 +94,7 @@ def test_schema_covers_both_directions() -> None:
     assert schema["$defs"]["ErrorCode"]["enum"] == [c.value for c in ErrorCode]
 
 
-class ExampleBilling:
+class ExampleBilling(FreeCalls):
     """The billing terms the §8 example shows."""
 
     async def call_started(self, call: Call) -> StartTerms:

@@ -1,0 +1,166 @@
+"""Glue between the hub and billing: the hub's CallHooks on a Ledger, and the billing
+loop's events delivered through the hub. Billing errors become protocol error codes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from billing.errors import (
+    BillingError,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    NotFound,
+)
+from billing.ledger import CallTerms, Ledger, Stop, Tick
+from billing.settings import BillingSettings
+
+from .auth import Identity
+from .calls import Call
+from .errors import JalwaError
+from .hub import CallRefused, EndFigures, GiftOutcome, Hub, StartTerms
+from .protocol import (
+    BillingLowBalance,
+    BillingTick,
+    EndReason,
+    ErrorCode,
+    GiftSend,
+    WalletBalance,
+)
+
+log = logging.getLogger(__name__)
+CLOSE_RETRY_S = (0.5, 1, 2, 5, 10, 30, 60)
+
+
+def protocol_error(exc: BillingError) -> JalwaError:
+    code = {
+        InsufficientFunds: ErrorCode.INSUFFICIENT_BALANCE,
+        InvalidAmount: ErrorCode.INVALID_AMOUNT,
+        IdempotencyConflict: ErrorCode.IDEMPOTENCY_CONFLICT,
+        NotFound: ErrorCode.UNKNOWN_GIFT,
+    }.get(type(exc), ErrorCode.UNAVAILABLE)
+    return JalwaError(exc.message, code=code)
+
+
+class LedgerHooks:
+    """CallHooks backed by the ledger: a call opens (minute 1 paid) when it starts."""
+
+    def __init__(self, ledger: Ledger, settings: BillingSettings) -> None:
+        self._ledger = ledger
+        self._settings = settings
+        # call id -> the open_call in flight; call_ended waits for it, so a call that ends
+        # while it is being opened is still closed in the ledger (never billed on).
+        self._opening: dict[str, asyncio.Future[None]] = {}
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def rate_of(self, host: str) -> int:
+        rate = await self._ledger.host_rate(host)
+        return self._settings.default_rate if rate is None else rate
+
+    async def check_invite(self, payer: Identity, host: Identity) -> None:
+        rate = await self.rate_of(host.user_id)
+        wallet = (await self._ledger.balances(payer.user_id)).wallet
+        if wallet < rate:
+            raise JalwaError(
+                f"a minute costs {rate} coins and the wallet has {wallet}",
+                code=ErrorCode.INSUFFICIENT_BALANCE,
+            )
+
+    async def call_started(self, call: Call) -> StartTerms:
+        done = asyncio.get_running_loop().create_future()
+        self._opening[call.call_id] = done
+        try:
+            terms = CallTerms(
+                call_id=call.call_id,
+                payer=call.payer.user_id,
+                host=call.host.user_id,
+                rate=await self.rate_of(call.host.user_id),
+                share_bps=self._settings.host_share_bps,
+            )
+            opened = await self._ledger.open_call(terms)
+        except InsufficientFunds as exc:
+            raise CallRefused(exc.message, EndReason.INSUFFICIENT_BALANCE) from exc
+        finally:
+            done.set_result(None)
+            del self._opening[call.call_id]
+        return StartTerms(rate=opened.rate, balance=opened.balance)
+
+    async def call_ended(self, call: Call) -> EndFigures:
+        opening = self._opening.get(call.call_id)
+        if opening is not None:
+            await asyncio.shield(opening)
+        if call.answered_at is None:
+            return EndFigures()  # never started: nothing was opened or charged
+        reason = call.end_reason or EndReason.HANGUP
+        try:
+            totals = await self._ledger.close_call(call.call_id, reason)
+        except NotFound:
+            return EndFigures()  # refused at start: nothing was recorded
+        except Exception:
+            # Billing must stop even if the database blinked: keep trying in the background.
+            log.exception("closing call %s failed; retrying", call.call_id)
+            task = asyncio.create_task(self._close_later(call.call_id, reason))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return EndFigures()
+        return EndFigures(minutes=totals.minutes, coins=totals.coins)
+
+    async def _close_later(self, call_id: str, reason: str) -> None:
+        for delay in CLOSE_RETRY_S:
+            await asyncio.sleep(delay)
+            try:
+                await self._ledger.close_call(call_id, reason)
+                return
+            except NotFound:
+                return
+            except Exception:
+                log.warning("closing call %s failed again", call_id)
+        log.error("call %s could not be closed in the ledger; `jalwa ledger check`", call_id)
+
+    async def send_gift(self, sender: Identity, receiver: Identity, msg: GiftSend) -> GiftOutcome:
+        try:
+            sent = await self._ledger.send_gift(
+                f"gift:{sender.user_id}:{msg.idempotency_key}",
+                sender=sender.user_id,
+                receiver=receiver.user_id,
+                gift_id=msg.gift_id,
+                share_bps=self._settings.host_share_bps,
+            )
+            mine = await self._ledger.balances(sender.user_id)
+            theirs = await self._ledger.balances(receiver.user_id)
+        except BillingError as exc:
+            raise protocol_error(exc) from exc
+        return GiftOutcome(
+            coins_to_receiver=sent.host_credit,
+            sender_wallet=mine.wallet,
+            sender_earnings=mine.earnings,
+            receiver_wallet=theirs.wallet,
+            receiver_earnings=theirs.earnings,
+        )
+
+    async def aclose(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+
+
+class HubBillingEvents:
+    """The billing loop's events, delivered to the payer's session on this node."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def minute_charged(self, tick: Tick, *, low_balance: bool) -> None:
+        hub = self._hub
+        tick_msg = BillingTick(
+            call_id=tick.call_id, minute=tick.minute, charged=tick.charged, balance=tick.balance
+        )
+        if hub.deliver(tick.payer, tick_msg):
+            hub.deliver(tick.payer, WalletBalance(wallet=tick.balance))
+            if low_balance:
+                warning = BillingLowBalance(call_id=tick.call_id, minutes_left=tick.minutes_left)
+                hub.deliver(tick.payer, warning)
+
+    async def out_of_money(self, stop: Stop) -> None:
+        await self._hub.end_call(stop.call_id, EndReason.INSUFFICIENT_BALANCE)

@@ -33,6 +33,7 @@ Money model, shared by both adapters:
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -283,7 +284,7 @@ def minutes_left(balance: int, rate: int) -> int:
 
 def request_hash(*parts: object) -> str:
     """What a key was first used for; a replay must hash the same."""
-    text = "\x1f".join(str(part) for part in parts)
+    text = json.dumps(parts, separators=(",", ":"))  # unambiguous, unlike joining strings
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -13,10 +13,12 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from pymongo import AsyncMongoClient
 
 from billing.ledger_memory import MemoryLedger
 from billing.ledger_pg import PgLedger
@@ -24,6 +26,9 @@ from billing.loop import BillingLoop
 from billing.migrate import migrate
 
 from .auth import Identity, KeyMaterial, Role, TokenVerifier, load_keys, mint_token
+from .chat import ChatStore, MemoryChat
+from .chat_mongo import MongoChat
+from .chat_service import CHAT, ChatService
 from .clock import Clock, SystemClock
 from .errors import ConfigError
 from .http_api import BILLING_SETTINGS, LEDGER, add_routes
@@ -37,6 +42,7 @@ from .ws import HUB, HUB_SETTINGS, VERIFIER, websocket
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeyMaterial)
 CLOCK = web.AppKey("clock", Clock)
+CHAT_STORE = web.AppKey("chat_store", ChatStore)
 TIMER_TICK_S = 0.25
 DEV_CREDIT_MAX = 10_000
 log = logging.getLogger("jalwa")
@@ -65,6 +71,7 @@ def create_app(
     app[VERIFIER] = TokenVerifier(keys, settings.auth)
     app[BILLING_SETTINGS] = settings.billing
     app.cleanup_ctx.append(_ledger_context)
+    app.cleanup_ctx.append(_chat_context)
     app.cleanup_ctx.append(_hub_context(hooks))
     app.on_shutdown.append(_close_sessions)
     app.router.add_get("/v1/ws", websocket)
@@ -84,7 +91,9 @@ async def _ledger_context(app: web.Application) -> AsyncIterator[None]:
         app[LEDGER] = MemoryLedger(settings.billing, now=clock.time)
         yield
         return
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=8)
+    pool = await asyncpg.create_pool(
+        settings.database_url, min_size=1, max_size=8, reset=_keep_session
+    )
     try:
         if settings.migrate_on_start:
             async with pool.acquire() as conn:
@@ -95,6 +104,30 @@ async def _ledger_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await pool.close()
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The ledger never changes session state: skip asyncpg's reset round trip on release."""
+
+
+async def _chat_context(app: web.Application) -> AsyncIterator[None]:
+    """The chat store: MongoDB when JALWA_MONGO_URL is set, else in memory."""
+    settings, clock = app[SETTINGS], app[CLOCK]
+    limit = settings.chat.max_text_chars
+    if settings.mongo_url is None:
+        app[CHAT_STORE] = MemoryChat(now=clock.time, max_text_chars=limit)
+        yield
+        return
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000
+    )
+    try:
+        store = MongoChat(client, settings.chat.database, now=clock.time, max_text_chars=limit)
+        await store.ensure_indexes()
+        app[CHAT_STORE] = store
+        yield
+    finally:
+        await client.close()
 
 
 def _hub_context(
@@ -132,6 +165,9 @@ def _hub_context(
             logger=logging.getLogger("jalwa.hub"),
         )
         app[HUB] = hub
+        chat = ChatService(app[CHAT_STORE], hub, settings.chat, clock)
+        chat.install()
+        app[CHAT] = chat
         billing_loop = BillingLoop(app[LEDGER], settings.billing, HubBillingEvents(hub))
         await hub.beat()
         beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3

@@ -64,9 +64,11 @@ MAX_CLIENT_MSG_ID_CHARS: Final = 64
 
 
 class ChatError(JalwaError):
-    """Base of the chat errors; ``code`` is what the edge sends to the client."""
+    """Base of the chat errors; ``code`` is what the edge sends to the client, ``status``
+    the HTTP status of the REST edge."""
 
     code = "chat_error"
+    status = 400
 
 
 class ChatInvalid(ChatError):
@@ -85,6 +87,7 @@ class ChatForbidden(ChatError):
     """The user is not a participant of the conversation."""
 
     code = "chat_forbidden"
+    status = 403
 
 
 class ChatBlocked(ChatForbidden):
@@ -97,12 +100,14 @@ class ChatNotFound(ChatError):
     """No such conversation (a malformed conversation id)."""
 
     code = "chat_not_found"
+    status = 404
 
 
 class ChatUnavailable(ChatError):
     """The backing store failed or returned something malformed."""
 
     code = "unavailable"
+    status = 503
 
 
 # --- values -------------------------------------------------------------------------------

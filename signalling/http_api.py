@@ -19,7 +19,9 @@ from billing.ledger import Gift, Ledger, WithdrawalState
 from billing.settings import BillingSettings
 
 from .auth import Identity, Role, TokenVerifier
-from .errors import AuthError
+from .chat import Cursor
+from .chat_service import CHAT, wire
+from .errors import AuthError, JalwaError
 from .hub import Hub
 from .protocol import EndReason
 from .ws import HUB, VERIFIER, bearer_token
@@ -79,6 +81,8 @@ def authed(
                 return await handler(request, who)
             except BillingError as exc:
                 return _error(exc.status, exc.code, exc.message)
+            except JalwaError as exc:
+                return _error(getattr(exc, "status", 400), exc.code, exc.message)
             except msgspec.ValidationError as exc:
                 return _error(400, "invalid_request", str(exc))
             except msgspec.DecodeError as exc:
@@ -182,6 +186,40 @@ async def get_withdrawals(request: web.Request, who: Identity) -> web.StreamResp
     return _json({"withdrawals": [asdict(w) for w in items]})
 
 
+# --- chat -------------------------------------------------------------------------------
+
+
+def _cursor(request: web.Request) -> Cursor | None:
+    raw = request.query.get("before")
+    return Cursor.decode(raw) if raw is not None else None
+
+
+@authed()
+async def get_conversations(request: web.Request, who: Identity) -> web.StreamResponse:
+    limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
+    convs = await request.app[CHAT].store.conversations(who.user_id, _cursor(request), limit)
+    items = [
+        {
+            "id": c.id,
+            "participants": list(c.participants),
+            "last_message": wire(c.last_message) if c.last_message is not None else None,
+            "unread": c.unread.get(who.user_id, 0),
+        }
+        for c in convs
+    ]
+    nxt = Cursor.of_conversation(convs[-1]).encode() if len(convs) == limit else None
+    return _json({"conversations": items, "next_before": nxt})
+
+
+@authed()
+async def get_messages(request: web.Request, who: Identity) -> web.StreamResponse:
+    limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
+    conv = request.match_info["conversation_id"]
+    page = await request.app[CHAT].store.history(who.user_id, conv, _cursor(request), limit)
+    nxt = Cursor.of(page[-1]).encode() if len(page) == limit else None
+    return _json({"messages": [wire(m) for m in page], "next_before": nxt})
+
+
 # --- admin endpoints --------------------------------------------------------------------
 
 
@@ -250,6 +288,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/wallet/recharge", post_recharge)
     r.add_get("/v1/calls", get_calls)
     r.add_get("/v1/gifts", get_gifts)
+    r.add_get("/v1/conversations", get_conversations)
+    r.add_get("/v1/conversations/{conversation_id}/messages", get_messages)
     r.add_post("/v1/withdrawals", post_withdrawal)
     r.add_get("/v1/withdrawals", get_withdrawals)
     r.add_post("/v1/admin/credit", admin_credit)

@@ -180,6 +180,23 @@ class Hub:
             RtcIce: self._rtc_relay,
             GiftSend: self._gift_send,
         }
+        self._on_connect: list[Callable[[Session], Awaitable[None]]] = []
+        self._invite_guards: list[Callable[[Identity, Identity], Awaitable[None]]] = []
+
+    # --- extension points: other services plug their messages in (chat, ...) -------------
+
+    def register(self, kind: type[ClientMessage], handler: Handler) -> None:
+        if kind in self._handlers:
+            raise ValueError(f"{kind.__name__} already has a handler")
+        self._handlers[kind] = handler
+
+    def on_connect(self, callback: Callable[[Session], Awaitable[None]]) -> None:
+        """Run after a session's welcome (e.g. push what arrived while it was away)."""
+        self._on_connect.append(callback)
+
+    def invite_guard(self, guard: Callable[[Identity, Identity], Awaitable[None]]) -> None:
+        """Checked on every call.invite (caller, callee); raises JalwaError to refuse."""
+        self._invite_guards.append(guard)
 
     # --- connection lifecycle (§3) ------------------------------------------------------
 
@@ -215,6 +232,12 @@ class Hub:
             if self.sessions.get(identity.user_id) is session:
                 del self.sessions[identity.user_id]
             raise
+        for callback in self._on_connect:
+            try:
+                await callback(session)
+            except Exception:
+                # What the callback pushes is retried on the next connect; the session stays.
+                self._log.exception("on_connect callback failed for %s", identity.user_id)
         return session
 
     async def disconnect(self, session: Session) -> None:
@@ -397,6 +420,8 @@ class Hub:
         payer, host = payer_and_host(session.identity, callee)
         # Validate before asking billing, so a self-call is not reported as "no money".
         self.calls.check_invite(session.identity, callee, callee_status=status)
+        for guard in self._invite_guards:
+            await guard(session.identity, callee)
         await self._hooks.check_invite(payer, host)
         call, effects = self.calls.invite(
             session.identity,

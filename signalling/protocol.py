@@ -44,6 +44,12 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_GIFT = "unknown_gift"
     INVALID_AMOUNT = "invalid_amount"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    BLOCKED = "blocked"
+    CHAT_INVALID = "chat_invalid"
+    CHAT_INVALID_TEXT = "chat_invalid_text"
+    CHAT_FORBIDDEN = "chat_forbidden"
+    CHAT_BLOCKED = "chat_blocked"
+    CHAT_NOT_FOUND = "chat_not_found"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -168,6 +174,58 @@ class GiftSend(ClientMessage, tag="gift.send"):
     call_id: CallId | None = None
 
 
+MessageIdList = Annotated[
+    list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(min_length=1, max_length=500)
+]
+
+
+class ChatSend(ClientMessage, tag="chat.send"):
+    """§9.1 Send a text message; a retry with the same ``client_msg_id`` is stored once."""
+
+    to: UserId
+    client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    text: Annotated[str, msgspec.Meta(max_length=20_000)]
+
+
+class ChatDelivered(ClientMessage, tag="chat.delivered"):
+    """§9.2 These messages to me reached my device."""
+
+    message_ids: MessageIdList
+
+
+class ChatRead(ClientMessage, tag="chat.read"):
+    """§9.2 I have read these messages."""
+
+    message_ids: MessageIdList
+
+
+class ChatTyping(ClientMessage, tag="chat.typing"):
+    """§9.3 I am (or stopped) typing to ``to``; relayed, never stored."""
+
+    to: UserId
+    typing: bool = True
+
+
+class ChatHistory(ClientMessage, tag="chat.history"):
+    """§9.4 A page of a conversation, newest first; the ack carries ``messages``."""
+
+    conversation_id: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    before: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+class ChatBlock(ClientMessage, tag="chat.block"):
+    """§9.5 Block a user: no messages and no calls either way until unblocked."""
+
+    user_id: UserId
+
+
+class ChatUnblock(ClientMessage, tag="chat.unblock"):
+    """§9.5 Lift my block of a user."""
+
+    user_id: UserId
+
+
 AnyClientMessage = (
     PresenceUpdate
     | PresenceWatch
@@ -181,6 +239,13 @@ AnyClientMessage = (
     | RtcAnswer
     | RtcIce
     | GiftSend
+    | ChatSend
+    | ChatDelivered
+    | ChatRead
+    | ChatTyping
+    | ChatHistory
+    | ChatBlock
+    | ChatUnblock
 )
 CLIENT_MESSAGES: tuple[type[ClientMessage], ...] = AnyClientMessage.__args__
 CLIENT_TYPES = frozenset(m.__struct_config__.tag for m in CLIENT_MESSAGES)
@@ -197,6 +262,17 @@ class UserInfo(msgspec.Struct, frozen=True):
     id: str
     role: Literal["caller", "host", "admin"]
     name: str
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    id: str
+    conversation_id: str
+    sender: str = msgspec.field(name="from")
+    to: str
+    client_msg_id: str
+    text: str
+    created_at: float
+    status: Literal["sent", "delivered", "read"]
 
 
 class IceServerInfo(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -230,6 +306,9 @@ class Ack(ServerMessage, tag="ack"):
     call_id: str | None = None
     presence: dict[str, ShownStatus] | None = None
     balance: int | None = None
+    message: ChatMessage | None = None
+    messages: list[ChatMessage] | None = None
+    next_before: str | None = None
 
 
 class Error(ServerMessage, tag="error"):
@@ -340,6 +419,27 @@ class GiftReceived(ServerMessage, tag="gift.received"):
     call_id: str | None = None
 
 
+class ChatMessageOut(ServerMessage, tag="chat.message"):
+    """§9.1 A message for you (live, or kept while you were offline)."""
+
+    message: ChatMessage
+
+
+class ChatReceipt(ServerMessage, tag="chat.receipt"):
+    """§9.2 Your messages reached ``status`` on the receiver's side."""
+
+    message_ids: list[str]
+    status: Literal["delivered", "read"]
+    by: str
+
+
+class ChatTypingOut(ServerMessage, tag="chat.typing"):
+    """§9.3 ``from`` is typing to you (or stopped)."""
+
+    sender: str = msgspec.field(name="from")
+    typing: bool
+
+
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome,
     Ack,
@@ -356,6 +456,9 @@ SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     BillingLowBalance,
     WalletBalance,
     GiftReceived,
+    ChatMessageOut,
+    ChatReceipt,
+    ChatTypingOut,
 )
 
 

@@ -68,6 +68,15 @@ ERROR_MEANINGS: dict[p.ErrorCode, str] = {
     p.ErrorCode.IDEMPOTENCY_CONFLICT: (
         "The `idempotency_key` was used before for a different request."
     ),
+    p.ErrorCode.BLOCKED: "One of the two users blocked the other: no calls between them (§9.5).",
+    p.ErrorCode.CHAT_INVALID: "A malformed chat request: a message to yourself, a bad cursor.",
+    p.ErrorCode.CHAT_INVALID_TEXT: (
+        "Text empty, longer than the limit, or with control characters other than newline "
+        "and tab (§9.1)."
+    ),
+    p.ErrorCode.CHAT_FORBIDDEN: "You are not a participant of that conversation.",
+    p.ErrorCode.CHAT_BLOCKED: "One of the two users blocked the other (§9.5).",
+    p.ErrorCode.CHAT_NOT_FOUND: "No such conversation id.",
     p.ErrorCode.UNAVAILABLE: (
         "A backing store failed while handling the message; try again shortly."
     ),
@@ -123,6 +132,7 @@ OBJECT_MEANINGS: dict[str, str] = {
     "UserInfo": "A user as others see them.",
     "IceServerInfo": "One entry for `RTCPeerConnection`'s `iceServers`.",
     "CallInfo": "The call a user is already in when a session starts (§3).",
+    "ChatMessage": "A stored chat message (§9).",
 }
 
 # (Struct name, JSON field name) -> note for what the schema types cannot say; a key that
@@ -164,6 +174,15 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("GiftReceived", "coins"): "what the gift added to your earnings (your share)",
     ("GiftSend", "idempotency_key"): "a retry with the same key changes nothing",
     ("GiftSend", "call_id"): "the call the gift is sent in, if any",
+    ("Ack", "message"): "after `chat.send`: the stored message (the original, for a retry)",
+    ("Ack", "messages"): "after `chat.history`: the page, newest first",
+    ("Ack", "next_before"): "after `chat.history`: cursor of the next page; absent at the end",
+    ("ChatMessage", "from"): "the sender's user id",
+    ("ChatMessage", "created_at"): "unix seconds",
+    ("ChatMessage", "id"): "sortable by creation; unique",
+    ("ChatReceipt", "by"): "the receiver who delivered or read them",
+    ("ChatTypingOut", "from"): "who is typing",
+    ("ChatHistory", "before"): "`next_before` of the previous page",
 }
 
 HIDDEN_SETTINGS = frozenset({"demo_page"})  # not part of the protocol
@@ -387,6 +406,39 @@ sender's new `balance`; the sender and the receiver also get `wallet.balance`, a
 receiver `gift.received`. A retry with the same `idempotency_key` (per sender) is acked
 again and changes nothing; the same key for another gift is `idempotency_conflict`."""
 
+S9 = """\
+Chat messages are stored (MongoDB in production) before they are acked."""
+
+S9_1 = """\
+`chat.send` stores the message and acks with it (`message`); a retry with the same
+`client_msg_id` (per sender) returns the original and stores nothing. If the receiver is
+connected they get `chat.message` at once; otherwise it waits, and every `chat.message` still
+`sent` is pushed, oldest first, right after the `welcome` of their next session. A client
+acknowledges with `chat.delivered`; unacknowledged messages come again on the next connect, so
+clients drop duplicates by `id`. Text is limited in length, must not be empty, and may
+contain no control characters but newline and tab (`chat_invalid_text`). `chat.send` has its
+own rate limit on top of the frame limit (`rate_limited`)."""
+
+S9_2 = """\
+`chat.delivered` and `chat.read` move messages sent to you forward (sent -> delivered -> read,
+never back). Ids that are not yours, unknown, or already there are ignored. The sender gets
+one `chat.receipt` listing the ids that moved."""
+
+S9_3 = """\
+`chat.typing` is relayed to `to` as `chat.typing` with `from`; it is not stored."""
+
+S9_4 = """\
+`chat.history` pages a conversation newest first, `limit` messages at a time; pass the ack's
+`next_before` as `before` for the next page. Pages are cut by (time, id), so messages that
+arrive while you page never shift a page. Only the two participants may read it
+(`chat_forbidden`). The REST API has the same pages: `GET /v1/conversations` and
+`GET /v1/conversations/{id}/messages?before=&limit=`. A conversation id is
+`dm:<user>:<user>` of the two users, sorted."""
+
+S9_5 = """\
+`chat.block` stops messages and calls between the two users, both ways (`chat_blocked`,
+`blocked`); `chat.unblock` lifts your own block."""
+
 S6 = """\
 An `error` frame carries `code` (below), a human-readable `message` (its wording may
 change: match on `code`) and the request's `id` when it could be read (§2). An error never
@@ -432,6 +484,12 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("6", "Errors and limits", S6),
     ("7", "Close codes", S7),
     ("8", "Example", S8),
+    ("9", "Chat", S9),
+    ("9.1", "Sending and receiving", S9_1),
+    ("9.2", "Receipts", S9_2),
+    ("9.3", "Typing", S9_3),
+    ("9.4", "History", S9_4),
+    ("9.5", "Blocking", S9_5),
 )
 SECTION_NUMBERS = frozenset(number for number, _, _ in SECTIONS)
 

@@ -98,6 +98,18 @@ class PresenceSettings(Section):
     key_prefix: str = Field("jalwa", description="prefix of every Redis key")
 
 
+class ChatSettings(Section):
+    """Chat limits and the MongoDB database it lives in."""
+
+    max_text_chars: int = Field(4000, ge=1, le=20_000, description="longest message text")
+    rate_per_s: float = Field(5.0, gt=0, description="sustained chat.send per second")
+    rate_burst: int = Field(20, ge=1, description="chat.send allowed in a burst")
+    backlog_limit: int = Field(
+        200, ge=1, le=200, description="kept messages pushed to a user when they connect"
+    )
+    database: str = Field("jalwa", description="MongoDB database name")
+
+
 class Settings(BaseSettings):
     """Everything jalwa reads at start; see `jalwa genconfig`."""
 
@@ -119,6 +131,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="PostgreSQL for the ledger (postgresql://...); embedded when unset"
     )
+    mongo_url: str | None = Field(
+        None, description="MongoDB for chat (mongodb://...); embedded when unset"
+    )
     migrate_on_start: bool = Field(
         False, description="apply pending SQL migrations when `jalwa serve` starts"
     )
@@ -130,6 +145,7 @@ class Settings(BaseSettings):
     hub: HubSettings = Field(default_factory=HubSettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -159,6 +175,8 @@ class Settings(BaseSettings):
             problems.append("no Redis for presence: set JALWA_REDIS_URL")
         if self.database_url is None:
             problems.append("no PostgreSQL for the ledger: set JALWA_DATABASE_URL")
+        if self.mongo_url is None:
+            problems.append("no MongoDB for chat: set JALWA_MONGO_URL")
         return problems
 
 

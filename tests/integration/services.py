@@ -30,3 +30,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+START_MONGO = (
+    "scripts/mongo-wire start && export JALWA_TEST_MONGO_URL=$(scripts/mongo-wire url)  "
+    "(or run ./scripts/test, which does both)"
+)
+
+
+def require_mongo() -> str:
+    """The URL of the MongoDB wire server the test command started."""
+    url = os.environ.get("JALWA_TEST_MONGO_URL", "")
+    if not url:
+        raise AssertionError(
+            f"these tests need a MongoDB wire server; start one with: {START_MONGO}"
+        )
+    return url

@@ -38,13 +38,14 @@ def test_production_says_what_is_missing(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="JALWA_REDIS_URL"):
         create_app(s)
-    assert "JALWA_DATABASE_URL" in problems
+    assert "JALWA_DATABASE_URL" in problems and "JALWA_MONGO_URL" in problems
     ok = Settings.from_env(
         {
             "JALWA_ENV": "production",
             "JALWA_AUTH__SECRET": SECRET,
             "JALWA_REDIS_URL": "redis://x",
             "JALWA_DATABASE_URL": "postgresql://x",
+            "JALWA_MONGO_URL": "mongodb://x",
         }
     )
     assert ok.production_problems() == []

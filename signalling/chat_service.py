@@ -1,0 +1,139 @@
+"""Chat on the hub (docs/protocol.md §9): send, receipts, typing, history, blocks, and the
+backlog pushed on connect. Storage is a ChatStore (memory or MongoDB); delivery goes
+through the hub, so it reaches the receiver on whichever node they are connected to.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+
+from aiohttp import web
+
+from .auth import Identity
+from .chat import ChatBlocked, ChatStore, Cursor, Message
+from .clock import Clock
+from .errors import JalwaError
+from .hub import Hub, Outcome
+from .protocol import (
+    Ack,
+    ChatBlock,
+    ChatDelivered,
+    ChatHistory,
+    ChatMessage,
+    ChatMessageOut,
+    ChatRead,
+    ChatReceipt,
+    ChatSend,
+    ChatTyping,
+    ChatTypingOut,
+    ChatUnblock,
+    ErrorCode,
+)
+from .ratelimit import TokenBucket
+from .session import Session
+from .settings import ChatSettings
+
+DONE: Outcome = (None, [])
+
+
+def wire(message: Message) -> ChatMessage:
+    return ChatMessage(
+        id=message.id,
+        conversation_id=message.conversation_id,
+        sender=message.sender,
+        to=message.receiver,
+        client_msg_id=message.client_msg_id,
+        text=message.text,
+        created_at=message.created_at,
+        status=message.status,
+    )
+
+
+class ChatService:
+    def __init__(self, store: ChatStore, hub: Hub, settings: ChatSettings, clock: Clock) -> None:
+        self.store = store
+        self._hub = hub
+        self._settings = settings
+        self._clock = clock
+        # One bucket per session for chat.send, on top of the hub's per-frame limit.
+        self._buckets: weakref.WeakKeyDictionary[Session, TokenBucket] = weakref.WeakKeyDictionary()
+
+    def install(self) -> None:
+        hub = self._hub
+        hub.register(ChatSend, self._send)
+        hub.register(ChatDelivered, self._delivered)
+        hub.register(ChatRead, self._read)
+        hub.register(ChatTyping, self._typing)
+        hub.register(ChatHistory, self._history)
+        hub.register(ChatBlock, self._block)
+        hub.register(ChatUnblock, self._unblock)
+        hub.on_connect(self._push_backlog)
+        hub.invite_guard(self._no_calls_when_blocked)
+
+    async def _send(self, session: Session, msg: ChatSend) -> Outcome:
+        bucket = self._buckets.get(session)
+        if bucket is None:
+            bucket = TokenBucket(self._settings.rate_per_s, self._settings.rate_burst, self._clock)
+            self._buckets[session] = bucket
+        if not bucket.allow():
+            raise JalwaError("too many messages; slow down", code=ErrorCode.RATE_LIMITED)
+        message, created = await self.store.send(
+            session.user_id, msg.to, msg.client_msg_id, msg.text
+        )
+        out = wire(message)
+        if created:
+            self._hub.deliver(msg.to, ChatMessageOut(message=out))
+        return (Ack(id=msg.id, message=out) if msg.id is not None else None), []
+
+    async def _delivered(self, session: Session, msg: ChatDelivered) -> Outcome:
+        await self._mark(session, msg.message_ids, "delivered")
+        return DONE
+
+    async def _read(self, session: Session, msg: ChatRead) -> Outcome:
+        await self._mark(session, msg.message_ids, "read")
+        return DONE
+
+    async def _mark(self, session: Session, ids: list[str], status: str) -> None:
+        advanced = await self.store.mark(session.user_id, ids, status)
+        by_sender: dict[str, list[str]] = defaultdict(list)
+        for message in advanced:
+            by_sender[message.sender].append(message.id)
+        for sender, message_ids in by_sender.items():
+            receipt = ChatReceipt(message_ids=message_ids, status=status, by=session.user_id)  # type: ignore[arg-type]
+            self._hub.deliver(sender, receipt)
+
+    async def _typing(self, session: Session, msg: ChatTyping) -> Outcome:
+        if await self.store.is_blocked(session.user_id, msg.to):
+            raise ChatBlocked("you cannot message this user")
+        self._hub.deliver(msg.to, ChatTypingOut(sender=session.user_id, typing=msg.typing))
+        return DONE
+
+    async def _history(self, session: Session, msg: ChatHistory) -> Outcome:
+        before = Cursor.decode(msg.before) if msg.before is not None else None
+        page = await self.store.history(session.user_id, msg.conversation_id, before, msg.limit)
+        nxt = Cursor.of(page[-1]).encode() if len(page) == msg.limit else None
+        if msg.id is None:
+            return DONE
+        return Ack(id=msg.id, messages=[wire(m) for m in page], next_before=nxt), []
+
+    async def _block(self, session: Session, msg: ChatBlock) -> Outcome:
+        await self.store.block(session.user_id, msg.user_id)
+        return DONE
+
+    async def _unblock(self, session: Session, msg: ChatUnblock) -> Outcome:
+        await self.store.unblock(session.user_id, msg.user_id)
+        return DONE
+
+    async def _push_backlog(self, session: Session) -> None:
+        """What arrived while the user was away, oldest first; the client acknowledges
+        with chat.delivered, and anything it does not acknowledge comes again next time."""
+        for message in await self.store.undelivered(session.user_id, self._settings.backlog_limit):
+            session.send(ChatMessageOut(message=wire(message)))
+
+    async def _no_calls_when_blocked(self, caller: Identity, callee: Identity) -> None:
+        if await self.store.is_blocked(caller.user_id, callee.user_id):
+            raise JalwaError("one of you blocked the other", code=ErrorCode.BLOCKED)
+
+
+CHAT = web.AppKey("chat", ChatService)

@@ -36,6 +36,7 @@ from .hub import CallHooks, Hub
 from .money import HubBillingEvents, LedgerHooks
 from .presence import MemoryPresence, MemoryWorld, PresenceStore
 from .presence_redis import RedisPresence
+from .router import LocalRouter, RedisRouter, Router
 from .settings import Settings
 from .ws import HUB, HUB_SETTINGS, VERIFIER, websocket
 
@@ -138,6 +139,7 @@ def _hub_context(
         settings, clock = app[SETTINGS], app[CLOCK]
         client: aioredis.Redis | None = None
         presence: PresenceStore
+        router: Router = LocalRouter()
         if settings.redis_url is not None:
             client = aioredis.from_url(settings.redis_url)
             await client.ping()
@@ -148,6 +150,7 @@ def _hub_context(
                 ttl_s=settings.presence.ttl_s,
                 node_ttl_s=settings.presence.node_ttl_s,
             )
+            router = RedisRouter(client, settings.node_id, prefix=settings.presence.key_prefix)
         else:
             presence = MemoryPresence(
                 MemoryWorld(clock),
@@ -162,6 +165,7 @@ def _hub_context(
             clock=clock,
             hooks=hooks or ledger_hooks,
             media="p2p",
+            router=router,
             logger=logging.getLogger("jalwa.hub"),
         )
         app[HUB] = hub
@@ -170,6 +174,7 @@ def _hub_context(
         app[CHAT] = chat
         billing_loop = BillingLoop(app[LEDGER], settings.billing, HubBillingEvents(hub))
         await hub.beat()
+        await hub.start_routing()
         beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3
         tasks = [
             asyncio.create_task(_every(TIMER_TICK_S, hub.tick, "timers")),
@@ -184,6 +189,7 @@ def _hub_context(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await ledger_hooks.aclose()
+            await router.close()
             with contextlib.suppress(Exception):
                 await presence.retire()
             await presence.close()

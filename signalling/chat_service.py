@@ -83,7 +83,7 @@ class ChatService:
         )
         out = wire(message)
         if created:
-            self._hub.deliver(msg.to, ChatMessageOut(message=out))
+            await self._hub.deliver_anywhere(msg.to, ChatMessageOut(message=out))
         return (Ack(id=msg.id, message=out) if msg.id is not None else None), []
 
     async def _delivered(self, session: Session, msg: ChatDelivered) -> Outcome:
@@ -101,12 +101,13 @@ class ChatService:
             by_sender[message.sender].append(message.id)
         for sender, message_ids in by_sender.items():
             receipt = ChatReceipt(message_ids=message_ids, status=status, by=session.user_id)  # type: ignore[arg-type]
-            self._hub.deliver(sender, receipt)
+            await self._hub.deliver_anywhere(sender, receipt)
 
     async def _typing(self, session: Session, msg: ChatTyping) -> Outcome:
         if await self.store.is_blocked(session.user_id, msg.to):
             raise ChatBlocked("you cannot message this user")
-        self._hub.deliver(msg.to, ChatTypingOut(sender=session.user_id, typing=msg.typing))
+        typing = ChatTypingOut(sender=session.user_id, typing=msg.typing)
+        await self._hub.deliver_anywhere(msg.to, typing)
         return DONE
 
     async def _history(self, session: Session, msg: ChatHistory) -> Outcome:

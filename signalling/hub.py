@@ -64,6 +64,7 @@ from .protocol import (
     decode,
     encode,
 )
+from .router import LocalRouter, NodeMessage, Router
 from .session import Session
 from .settings import HubSettings
 
@@ -147,8 +148,10 @@ class Hub:
         clock: Clock,
         hooks: CallHooks,
         media: MediaMode = "p2p",
+        router: Router | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        self._router: Router = router or LocalRouter()
         self._settings = settings
         self._presence = presence
         self._clock = clock
@@ -209,6 +212,10 @@ class Hub:
             rate_per_s=hub.rate_per_s,
             rate_burst=hub.rate_burst,
         )
+        elsewhere = (await self._presence.get_many([identity.user_id])).get(identity.user_id)
+        if elsewhere is not None and elsewhere.node_id != self._presence.node_id:
+            close = NodeMessage("close", user_id=identity.user_id, session_id=elsewhere.session_id)
+            await self._router.to_node(elsewhere.node_id, close)
         old = self.sessions.get(identity.user_id)
         if old is not None:
             self._unwatch_all(old)
@@ -251,7 +258,7 @@ class Hub:
         try:
             await self._presence.clear(uid, session.session_id)
         finally:
-            self._notify(uid, "offline")
+            await self._announce(uid, "offline")
 
     async def handle_frame(self, session: Session, frame: str | bytes) -> None:
         """One client frame in; replies go to ``session``'s queue (§2, §6)."""
@@ -308,6 +315,52 @@ class Hub:
         session.send(message)
         return True
 
+    async def deliver_anywhere(self, user_id: str, message: ServerMessage) -> bool:
+        """Send to the user's session on whichever node holds it; False if offline."""
+        if self.deliver(user_id, message):
+            return True
+        record = (await self._presence.get_many([user_id])).get(user_id)
+        if record is None or record.node_id == self._presence.node_id:
+            return False
+        frame = NodeMessage("frame", user_id=user_id, frame=encode(message))
+        await self._router.to_node(record.node_id, frame)
+        return True
+
+    async def end_call_anywhere(self, call_id: str, reason: EndReason, party: str) -> bool:
+        """End a call here, or on the node of ``party`` (the node that runs the call)."""
+        if await self.end_call(call_id, reason):
+            return True
+        record = (await self._presence.get_many([party])).get(party)
+        if record is None or record.node_id == self._presence.node_id:
+            return False
+        message = NodeMessage("end_call", call_id=call_id, reason=reason.value)
+        await self._router.to_node(record.node_id, message)
+        return True
+
+    async def start_routing(self) -> None:
+        await self._router.start(self._from_other_node)
+
+    async def _from_other_node(self, message: NodeMessage) -> None:
+        if message.kind == "frame":
+            session = self.sessions.get(message.user_id)
+            if session is not None:
+                session.send_frame(message.frame)
+        elif message.kind == "close":
+            session = self.sessions.get(message.user_id)
+            if session is not None and session.session_id == message.session_id:
+                # The user connected on another node: this session is the older one (§7).
+                self._unwatch_all(session)
+                del self.sessions[message.user_id]
+                self._shown.pop(message.user_id, None)
+                session.close(CloseCode.REPLACED, "replaced by a newer session")
+                # Its calls here wait out the grace period like any lost party's.
+                now = self._clock.monotonic()
+                await self._run(self.calls.party_lost(message.user_id, now=now))
+        elif message.kind == "end_call":
+            await self.end_call(message.call_id, EndReason(message.reason))
+        elif message.kind == "presence":
+            self._notify(message.user_id, message.status)
+
     async def end_call(self, call_id: str, reason: EndReason) -> bool:
         """End a call for an outside reason; False if it was not running."""
         effects = self.calls.end(call_id, reason, now=self._clock.monotonic())
@@ -323,7 +376,7 @@ class Hub:
         await self._presence.beat(list(self.sessions))
         for uid in await self._presence.sweep():
             if uid not in self.sessions:
-                self._notify(uid, "offline")
+                await self._announce(uid, "offline")
 
     async def shutdown(self) -> None:
         now = self._clock.monotonic()
@@ -383,7 +436,15 @@ class Hub:
         )
         if self._shown.get(ident.user_id) != status:
             self._shown[ident.user_id] = status
-            self._notify(ident.user_id, status)
+            await self._announce(ident.user_id, status)
+
+    async def _announce(self, user_id: str, status: str) -> None:
+        """Tell watchers here, and the other nodes for theirs."""
+        self._notify(user_id, status)
+        try:
+            await self._router.broadcast_presence(user_id, status)
+        except Exception:
+            self._log.exception("presence broadcast for %s failed", user_id)
 
     def _notify(self, user_id: str, status: str) -> None:
         watchers = self._watchers.get(user_id)

@@ -156,11 +156,12 @@ class HubBillingEvents:
         tick_msg = BillingTick(
             call_id=tick.call_id, minute=tick.minute, charged=tick.charged, balance=tick.balance
         )
-        if hub.deliver(tick.payer, tick_msg):
-            hub.deliver(tick.payer, WalletBalance(wallet=tick.balance))
+        if await hub.deliver_anywhere(tick.payer, tick_msg):
+            await hub.deliver_anywhere(tick.payer, WalletBalance(wallet=tick.balance))
             if low_balance:
                 warning = BillingLowBalance(call_id=tick.call_id, minutes_left=tick.minutes_left)
-                hub.deliver(tick.payer, warning)
+                await hub.deliver_anywhere(tick.payer, warning)
 
     async def out_of_money(self, stop: Stop) -> None:
-        await self._hub.end_call(stop.call_id, EndReason.INSUFFICIENT_BALANCE)
+        # Any node's loop may bill the call; the call itself runs on its parties' node.
+        await self._hub.end_call_anywhere(stop.call_id, EndReason.INSUFFICIENT_BALANCE, stop.payer)

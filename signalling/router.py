@@ -1,0 +1,124 @@
+"""Messages between hub nodes (DESIGN §3): a frame for a user connected elsewhere, a session
+to close (one live session per user across nodes), a call to end, a presence change.
+
+``LocalRouter`` is the single-process default (there is nobody else); ``RedisRouter`` uses
+Redis pub/sub: one channel per node for addressed messages, one shared channel for presence.
+Pub/sub is at-most-once: a node that is down misses what was sent to it, which is right for
+live frames (chat messages are stored and pushed again on the next connect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+log = logging.getLogger(__name__)
+
+
+class NodeMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    kind: Literal["frame", "close", "end_call", "presence"]
+    user_id: str = ""
+    frame: bytes = b""
+    session_id: str = ""
+    call_id: str = ""
+    reason: str = ""
+    status: str = ""
+    origin: str = ""
+
+
+Inbox = Callable[[NodeMessage], Awaitable[None]]
+
+
+class Router(Protocol):
+    async def start(self, inbox: Inbox) -> None: ...
+
+    async def to_node(self, node_id: str, message: NodeMessage) -> None: ...
+
+    async def broadcast_presence(self, user_id: str, status: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalRouter:
+    """One process: every user is local, so there is never anyone to route to."""
+
+    async def start(self, inbox: Inbox) -> None:
+        return None
+
+    async def to_node(self, node_id: str, message: NodeMessage) -> None:
+        return None
+
+    async def broadcast_presence(self, user_id: str, status: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(NodeMessage)
+
+
+class RedisRouter:
+    """Pub/sub on the caller's Redis client (which the caller closes)."""
+
+    def __init__(self, redis: Redis, node_id: str, *, prefix: str) -> None:
+        self._redis = redis
+        self._node_id = node_id
+        self._own = f"{prefix}:bus:node:{node_id}"
+        self._presence = f"{prefix}:bus:presence"
+        self._prefix = prefix
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, inbox: Inbox) -> None:
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._own, self._presence)
+        self._task = asyncio.create_task(self._listen(self._pubsub, inbox))
+
+    async def _listen(self, pubsub: PubSub, inbox: Inbox) -> None:
+        while True:
+            try:
+                raw = await pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # redis-py reconnects and resubscribes on the next call; don't spin.
+                log.exception("node bus read failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if raw is None or raw.get("type") != "message":
+                continue
+            try:
+                message = _decoder.decode(raw["data"])
+            except msgspec.DecodeError:
+                log.warning("dropped a malformed node bus message")
+                continue
+            if message.origin == self._node_id:
+                continue  # our own presence broadcast
+            try:
+                await inbox(message)
+            except Exception:
+                log.exception("node bus message %s failed", message.kind)
+
+    async def to_node(self, node_id: str, message: NodeMessage) -> None:
+        await self._redis.publish(f"{self._prefix}:bus:node:{node_id}", _encoder.encode(message))
+
+    async def broadcast_presence(self, user_id: str, status: str) -> None:
+        message = NodeMessage("presence", user_id=user_id, status=status, origin=self._node_id)
+        await self._redis.publish(self._presence, _encoder.encode(message))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]

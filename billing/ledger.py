@@ -76,13 +76,15 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """A call ``bill_due`` ended because its next minute could not be paid."""
+    """A call ``bill_due`` ended: its next minute could not be paid (reason
+    insufficient_balance), or its node stopped touching it (reason peer_lost)."""
 
     call_id: str
     payer: str
     host: str
     minutes: int  # minutes charged in total
     coins: int  # coins charged in total
+    reason: str = "insufficient_balance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,10 @@ class Ledger(Protocol):
         next minute cannot be paid. A call more than one minute behind gets one minute per
         round, so a slow round never skips or double-charges a minute."""
 
+    async def touch_calls(self, call_ids: Sequence[str]) -> None:
+        """The node running these calls is alive. An active call not touched for
+        ``orphan_after_s`` is ended by ``bill_due`` with reason peer_lost, uncharged."""
+
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         """End the call (idempotent: closing an ended call returns its totals).
         NotFound for an unknown call."""
@@ -263,6 +269,7 @@ PAYOUTS = ("ext:payouts", "clearing")
 ADMIN_CLEARING = ("ext:admin", "clearing")
 UNLIMITED_MINUTES = 2**31 - 1
 INSUFFICIENT_BALANCE = "insufficient_balance"
+PEER_LOST = "peer_lost"
 
 
 def clearing_account(provider: str) -> tuple[str, str]:

@@ -28,6 +28,7 @@ from billing.ledger import (
     EARNINGS,
     INSUFFICIENT_BALANCE,
     PAYOUTS,
+    PEER_LOST,
     PENDING,
     PLATFORM,
     USER_KINDS,
@@ -105,6 +106,7 @@ class _Call:
     state: CallState = "active"
     ended_at: float | None = None
     end_reason: str | None = None
+    seen_at: float = 0.0
 
     def record(self) -> CallRecord:
         return CallRecord(
@@ -245,6 +247,7 @@ class MemoryLedger:
             next_due=now + minute_s,
             minutes=1,
             coins=terms.rate,
+            seen_at=now,
         )
         self._calls[call.call_id] = call
         self._active[call.call_id] = call
@@ -263,7 +266,14 @@ class MemoryLedger:
         )
         ticks: list[Tick] = []
         stops: list[Stop] = []
+        orphan_after = self._settings.orphan_after_s
         for call in due:
+            if orphan_after > 0 and call.seen_at < now - orphan_after:
+                self._end(call, PEER_LOST, now)  # its node is gone: end it, charge nothing
+                stops.append(
+                    Stop(call.call_id, call.payer, call.host, call.minutes, call.coins, PEER_LOST)
+                )
+                continue
             wallet = self._balance((call.payer, WALLET))
             if wallet < call.rate:
                 self._end(call, INSUFFICIENT_BALANCE, now)
@@ -303,6 +313,13 @@ class MemoryLedger:
         call.ended_at = now
         call.end_reason = reason
         del self._active[call.call_id]
+
+    async def touch_calls(self, call_ids: Sequence[str]) -> None:
+        now = self._now()
+        for call_id in call_ids:
+            call = self._active.get(call_id)
+            if call is not None:
+                call.seen_at = now
 
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         call = self._calls.get(call_id)

@@ -36,6 +36,7 @@ from billing.ledger import (
     EARNINGS,
     INSUFFICIENT_BALANCE,
     PAYOUTS,
+    PEER_LOST,
     PENDING,
     PLATFORM,
     USER_KINDS,
@@ -121,7 +122,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now() + $6::integer * interval '1
 """
 
 DUE_CALLS = """
-SELECT call_id, payer, host, rate, share_bps, minutes, coins, payer_wallet, host_earnings
+SELECT call_id, payer, host, rate, share_bps, minutes, coins, payer_wallet, host_earnings,
+       $2::integer > 0 AND seen_at < now() - $2::integer * interval '1 second' AS orphaned
 FROM calls
 WHERE state = 'active' AND next_due < now()
 ORDER BY next_due, call_id
@@ -172,8 +174,9 @@ WITH batch AS (
     WHERE c.call_id = ANY($8::text[])
 ), ended AS (
     UPDATE calls c
-    SET state = 'ended', end_reason = $10, ended_at = now()
-    WHERE c.call_id = ANY($9::text[])
+    SET state = 'ended', end_reason = e.reason, ended_at = now()
+    FROM unnest($9::text[], $10::text[]) AS e (call_id, reason)
+    WHERE c.call_id = e.call_id
 )
 SELECT key FROM claimed
 """
@@ -259,6 +262,10 @@ ORDER BY j.id DESC
 class _Account:
     id: int
     balance: int
+
+
+def _stop_reason(row: asyncpg.Record) -> str:
+    return PEER_LOST if row["orphaned"] else INSUFFICIENT_BALANCE
 
 
 def _ts(value: datetime) -> float:
@@ -434,7 +441,7 @@ class PgLedger:
         if limit <= 0:
             return BillingRound([], [])
         async with self._pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch(DUE_CALLS, limit)
+            due = await conn.fetch(DUE_CALLS, limit, self._settings.orphan_after_s)
             if not due:
                 return BillingRound([], [])
             accounts = {row["payer_wallet"] for row in due} | {row["host_earnings"] for row in due}
@@ -446,7 +453,9 @@ class PgLedger:
             paying: list[asyncpg.Record] = []
             stopping: list[asyncpg.Record] = []
             for row in due:
-                if left[row["payer_wallet"]] >= row["rate"]:
+                if row["orphaned"]:
+                    stopping.append(row)  # its node is gone: end it, charge nothing
+                elif left[row["payer_wallet"]] >= row["rate"]:
                     left[row["payer_wallet"]] -= row["rate"]
                     paying.append(row)
                 else:
@@ -466,7 +475,7 @@ class PgLedger:
                 await self._system_account(conn, PLATFORM),
                 [row["call_id"] for row in paying],
                 [row["call_id"] for row in stopping],
-                INSUFFICIENT_BALANCE,
+                [_stop_reason(row) for row in stopping],
             )
         claimed = {row["key"] for row in claimed_rows}
         # A key already in the journal means that minute was billed before: the call is
@@ -490,10 +499,25 @@ class PgLedger:
                 )
             )
         stops = [
-            Stop(row["call_id"], row["payer"], row["host"], row["minutes"], row["coins"])
+            Stop(
+                row["call_id"],
+                row["payer"],
+                row["host"],
+                row["minutes"],
+                row["coins"],
+                _stop_reason(row),
+            )
             for row in stopping
         ]
         return BillingRound(ticks, stops)
+
+    async def touch_calls(self, call_ids: Sequence[str]) -> None:
+        if call_ids:
+            await self._pool.execute(
+                "UPDATE calls SET seen_at = now() WHERE call_id = ANY($1::text[])"
+                " AND state = 'active'",
+                list(call_ids),
+            )
 
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -23,6 +23,11 @@ class BillingSettings(BaseModel):
     recharge_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 secret of the payment provider's signed receipts"
     )
+    orphan_after_s: int = Field(
+        60,
+        ge=0,
+        description="end a call (peer_lost, unbilled) its node stopped touching this long; 0 never",
+    )
     max_amount: int = Field(
         10_000_000, ge=1, description="largest amount one recharge / credit / withdrawal may move"
     )

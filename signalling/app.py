@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import secrets
@@ -181,6 +182,11 @@ def _hub_context(
             asyncio.create_task(_every(beat_every, hub.beat, "presence beat")),
             asyncio.create_task(billing_loop.run()),
         ]
+        if settings.billing.orphan_after_s > 0:
+            events = HubBillingEvents(hub)
+            period = max(1.0, settings.billing.orphan_after_s / 4)
+            keepalive = functools.partial(events.keep_calls_alive, app[LEDGER])
+            tasks.append(asyncio.create_task(_every(period, keepalive, "call keepalive")))
         log.info("hub up: node %s, presence in %s", settings.node_id, type(presence).__name__)
         try:
             yield

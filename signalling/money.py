@@ -164,4 +164,9 @@ class HubBillingEvents:
 
     async def out_of_money(self, stop: Stop) -> None:
         # Any node's loop may bill the call; the call itself runs on its parties' node.
-        await self._hub.end_call_anywhere(stop.call_id, EndReason.INSUFFICIENT_BALANCE, stop.payer)
+        await self._hub.end_call_anywhere(stop.call_id, EndReason(stop.reason), stop.payer)
+
+    async def keep_calls_alive(self, ledger: Ledger) -> None:
+        """Tell the ledger this node still runs its calls (see BillingSettings.orphan_after_s)."""
+        active = [c.call_id for c in self._hub.calls.active_calls() if c.answered_at is not None]
+        await ledger.touch_calls(active)

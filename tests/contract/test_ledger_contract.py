@@ -53,7 +53,8 @@ from billing.settings import BillingSettings
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 MINUTE = 60
-SETTINGS = BillingSettings(minute_seconds=MINUTE, max_amount=1_000_000)
+ORPHAN_AFTER = 30 * MINUTE  # longer than any other test moves the clock
+SETTINGS = BillingSettings(minute_seconds=MINUTE, max_amount=1_000_000, orphan_after_s=ORPHAN_AFTER)
 
 
 class Books:
@@ -93,7 +94,8 @@ class PgBooks(Books):
         # Test-only time travel: the database clock cannot be moved, so the calls move.
         await self.pool.execute(
             "UPDATE calls SET started_at = started_at - $1 * interval '1 second',"
-            " next_due = next_due - $1 * interval '1 second' WHERE state = 'active'",
+            " next_due = next_due - $1 * interval '1 second',"
+            " seen_at = seen_at - $1 * interval '1 second' WHERE state = 'active'",
             float(seconds),
         )
 
@@ -836,3 +838,25 @@ async def test_migrate_is_idempotent_and_safe_when_two_processes_start_at_once()
         finally:
             await first.close()
             await second.close()
+
+
+async def test_a_call_its_node_stopped_touching_ends_unbilled(books: Books) -> None:
+    await funded(books, "p1", 10_000)
+    await funded(books, "p2", 10_000)
+    await books.ledger.open_call(terms("kept", "p1", "h1", rate=5))
+    await books.ledger.open_call(terms("lost", "p2", "h2", rate=5))
+    ticks: dict[str, int] = {"kept": 0, "lost": 0}
+    stops = []
+    for _ in range(40):  # 40 minutes; "kept" is touched every minute, "lost" never
+        await books.ledger.touch_calls(["kept", "no-such-call"])
+        await books.advance(MINUTE)
+        billed = await books.ledger.bill_due(100)
+        for tick in billed.ticks:
+            ticks[tick.call_id] += 1
+        stops += billed.stopped
+    assert [(s.call_id, s.reason) for s in stops] == [("lost", "peer_lost")]
+    assert ticks["kept"] in (39, 40)  # minute n is due strictly after its start
+    # billed until it was found orphaned, never after
+    assert ORPHAN_AFTER // MINUTE - 1 <= ticks["lost"] <= ORPHAN_AFTER // MINUTE
+    [lost] = await books.ledger.calls("p2", limit=1, before=None)
+    assert (lost.state, lost.end_reason, lost.minutes) == ("ended", "peer_lost", ticks["lost"] + 1)

@@ -23,6 +23,7 @@ FAST = {
     "default_rate": 7,
     "low_balance_minutes": 2,
     "recharge_secret": RECHARGE_SECRET,
+    "orphan_after_s": 2,
 }
 
 
@@ -101,6 +102,22 @@ async def test_hangup_stops_billing(client: TestClient[Any, Any], token_for: Mak
     await bob.send_json({"type": "call.end", "call_id": cid})
     ended = await recv(alice, "call.ended")
     assert (ended["reason"], ended["minutes"], ended["coins"]) == ("hangup", 1, 7)
+
+
+async def test_live_calls_are_kept_alive_past_the_orphan_timeout(
+    client: TestClient[Any, Any], token_for: MakeToken
+) -> None:
+    await credit(client, token_for("root", "admin"), "alice", 100, "k1")
+    alice = await connect(client, token_for("alice"))
+    bob = await connect(client, token_for("bob", "host"))
+    await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+    cid = (await recv(alice, "ack"))["call_id"]
+    await bob.send_json({"type": "call.accept", "call_id": cid})
+    await recv(alice, "call.started")
+    minutes = [(await recv(alice, "billing.tick"))["minute"] for _ in range(3)]
+    assert minutes == [2, 3, 4]  # 3 s > orphan_after_s: the keepalive holds the call
+    await alice.send_json({"type": "call.end", "call_id": cid})
+    assert (await recv(alice, "call.ended"))["reason"] == "hangup"
 
 
 async def test_no_money_no_call(client: TestClient[Any, Any], token_for: MakeToken) -> None:

@@ -67,6 +67,7 @@ def _database_url(settings: Settings) -> str:
 
 async def _migrate(url: str) -> int:
     import asyncpg
+
     from billing.migrate import migrate
 
     conn = await asyncpg.connect(url)
@@ -80,6 +81,7 @@ async def _migrate(url: str) -> int:
 
 async def _ledger_check(settings: Settings, url: str) -> int:
     import asyncpg
+
     from billing.ledger_pg import PgLedger
 
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)

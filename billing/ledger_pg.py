@@ -264,6 +264,10 @@ class _Account:
     balance: int
 
 
+def _gift_sent(first: dict[str, Any]) -> GiftSent:
+    return GiftSent(first["gift_id"], first["price"], first["host_credit"], first["sender_balance"])
+
+
 def _stop_reason(row: asyncpg.Record) -> str:
     return PEER_LOST if row["orphaned"] else INSUFFICIENT_BALANCE
 
@@ -398,6 +402,10 @@ class PgLedger:
                 accounts = await _lock_user_accounts(
                     conn, [(terms.payer, WALLET), (terms.host, EARNINGS)]
                 )
+                # A concurrent retry may have committed while we waited for the locks: its
+                # result stands (checking the money first would refuse what already happened).
+                if (again := await _first_use(conn, key, rhash)) is not None:
+                    return OpenedCall(terms.call_id, terms.rate, int(again["balance"]))
                 wallet = accounts[(terms.payer, WALLET)]
                 earnings = accounts[(terms.host, EARNINGS)]
                 if wallet.balance < terms.rate:
@@ -640,6 +648,8 @@ class PgLedger:
                     raise NotFound(f"no active gift {gift_id!r}")
                 price: int = gift["price"]
                 accounts = await _lock_user_accounts(conn, [(sender, WALLET), (receiver, EARNINGS)])
+                if (again := await _first_use(conn, full_key, rhash)) is not None:
+                    return _gift_sent(again)  # a concurrent retry committed while we waited
                 wallet = accounts[(sender, WALLET)]
                 if wallet.balance < price:
                     raise InsufficientFunds(
@@ -663,9 +673,7 @@ class PgLedger:
                     return sent
                 first = await _first_use(conn, full_key, rhash)
                 assert first is not None
-        return GiftSent(
-            first["gift_id"], first["price"], first["host_credit"], first["sender_balance"]
-        )
+        return _gift_sent(first)
 
     # --- money in and out -----------------------------------------------------------------
 
@@ -740,6 +748,9 @@ class PgLedger:
             if existing is not None:
                 return existing
             accounts = await _lock_user_accounts(conn, [(host, EARNINGS), (host, PENDING)])
+            existing = await self._withdrawal_by_key(conn, host, key, amount)
+            if existing is not None:
+                return existing  # a concurrent retry committed while we waited for the locks
             earnings = accounts[(host, EARNINGS)]
             if earnings.balance < amount:
                 raise InsufficientFunds(f"{host} has {earnings.balance} withdrawable coins")

@@ -860,3 +860,23 @@ async def test_a_call_its_node_stopped_touching_ends_unbilled(books: Books) -> N
     assert ORPHAN_AFTER // MINUTE - 1 <= ticks["lost"] <= ORPHAN_AFTER // MINUTE
     [lost] = await books.ledger.calls("p2", limit=1, before=None)
     assert (lost.state, lost.end_reason, lost.minutes) == ("ended", "peer_lost", ticks["lost"] + 1)
+
+
+async def test_a_retry_racing_its_original_gets_the_original_result(books: Books) -> None:
+    """The retry waits for the original's locks, then must see its result, not the spent
+    balance (found by the chaos test: it got InsufficientFunds for what had happened)."""
+    await books.ledger.put_gift(Gift("rose", "Rose", 10, True))
+    await funded(books, "fan", 10 + 7)
+    results = await asyncio.gather(
+        *(
+            books.ledger.send_gift(
+                "k1", sender="fan", receiver="host", gift_id="rose", share_bps=5000
+            )
+            for _ in range(2)
+        )
+    )
+    assert results[0] == results[1] and results[0].sender_balance == 7
+    opened = await asyncio.gather(
+        *(books.ledger.open_call(terms("c1", "fan", "host", 7)) for _ in range(2))
+    )
+    assert opened[0] == opened[1] and opened[0].balance == 0

@@ -1,7 +1,7 @@
 """A billing loop in its own process, bounded in time, for the chaos test.
 
     python -m tests.integration.billing_worker DSN --minute-seconds N --batch B --seconds S
-        [--ticks-out FILE] [--die-after D]
+        [--ticks-out FILE] [--die-after D [--die-min-keys K]]
 
 Runs ``PgLedger.bill_due(B)`` against DSN in a tight loop (like ``BillingLoop.run``, but
 with a tiny sleep instead of the loop interval, and only for S seconds), then prints one
@@ -14,12 +14,13 @@ charged and stopped, flushed at once, so the test can reconcile every reported m
 with the journal (a round is written only after ``bill_due`` returned, i.e. committed).
 
 ``--die-after D``: the victim of the test. Once D seconds have passed, the first round
-that has minutes to charge kills its own process with SIGKILL right after the round's
-write statement (APPLY_ROUND: keys claimed, postings written, balances moved, calls
-advanced) came back and BEFORE the transaction commits, i.e. truly mid-batch with the row
-locks held. It first appends ``{"event": "dying", "keys": [...]}`` to FILE. PostgreSQL
-then sees the connection drop and rolls the whole round back; the other workers must
-bill those minutes exactly once.
+charging at least K minutes (``--die-min-keys``, default 1; after D + 3 s any round with a
+minute to charge will do, so the victim dies whatever the load) kills its own process
+with SIGKILL right after the round's write statement (APPLY_ROUND: keys claimed, postings
+written, balances moved, calls advanced) came back and BEFORE the transaction commits,
+i.e. truly mid-batch with the row locks held. It first appends
+``{"event": "dying", "keys": [...]}`` to FILE. PostgreSQL then sees the connection drop
+and rolls the whole round back; the other workers must bill those minutes exactly once.
 """
 
 from __future__ import annotations
@@ -45,13 +46,22 @@ else:  # asyncpg's classes are generic only in its stubs
     _Connection = asyncpg.Connection
 
 IDLE_SLEEP_S = 0.005  # a tight loop, but it yields the CPU when nothing is due
+DIE_GRACE_S = 3.0  # after this, the victim settles for any batch
 
 
 class _Victim:
     """When (monotonic) and where the dying worker kills itself."""
 
     die_at: float | None = None
+    min_keys = 1
     out: IO[str] | None = None
+
+    @classmethod
+    def now(cls, keys: object) -> bool:
+        if cls.die_at is None or not isinstance(keys, list) or not keys:
+            return False
+        late = time.monotonic() - cls.die_at
+        return late >= 0 and (len(keys) >= cls.min_keys or late >= DIE_GRACE_S)
 
 
 class _DyingConnection(_Connection):
@@ -66,15 +76,8 @@ class _DyingConnection(_Connection):
         record_class: Any = None,
     ) -> Any:
         rows = await super().fetch(query, *args, timeout=timeout, record_class=record_class)
-        die_at = _Victim.die_at
         keys = args[0] if args else None
-        if (
-            query == APPLY_ROUND
-            and die_at is not None
-            and time.monotonic() >= die_at
-            and isinstance(keys, list)
-            and keys
-        ):
+        if query == APPLY_ROUND and _Victim.now(keys):
             if _Victim.out is not None:
                 _Victim.out.write(json.dumps({"event": "dying", "keys": keys}) + "\n")
                 _Victim.out.flush()
@@ -90,11 +93,13 @@ async def run(
     seconds: float,
     ticks_out: IO[str] | None,
     die_after: float | None,
+    die_min_keys: int = 1,
 ) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + seconds
     if die_after is not None:
         _Victim.die_at = started + die_after
+        _Victim.min_keys = die_min_keys
         _Victim.out = ticks_out
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, connection_class=_DyingConnection)
     ledger = PgLedger(pool, BillingSettings(minute_seconds=minute_seconds, batch_size=batch))
@@ -142,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--ticks-out", help="append one JSON line per committed round")
     parser.add_argument("--die-after", type=float, help="SIGKILL itself mid-batch after this")
+    parser.add_argument("--die-min-keys", type=int, default=1, help="in a batch this big")
     args = parser.parse_args(argv)
     out = open(args.ticks_out, "a", encoding="utf-8") if args.ticks_out else None  # noqa: SIM115
     try:
@@ -153,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds=args.seconds,
                 ticks_out=out,
                 die_after=args.die_after,
+                die_min_keys=args.die_min_keys,
             )
         )
     finally:

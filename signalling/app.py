@@ -34,7 +34,7 @@ from .clock import Clock, SystemClock
 from .errors import ConfigError
 from .http_api import BILLING_SETTINGS, LEDGER, add_routes
 from .hub import CallHooks, Hub
-from .money import HubBillingEvents, LedgerHooks
+from .money import Gifts, HubBillingEvents, LedgerHooks
 from .presence import MemoryPresence, MemoryWorld, PresenceStore
 from .presence_redis import RedisPresence
 from .router import LocalRouter, RedisRouter, Router
@@ -167,11 +167,13 @@ def _hub_context(
             hooks=hooks or ledger_hooks,
             media="p2p",
             router=router,
+            turn=settings.turn,
             logger=logging.getLogger("jalwa.hub"),
         )
         app[HUB] = hub
         chat = ChatService(app[CHAT_STORE], hub, settings.chat, clock)
         chat.install()
+        Gifts(app[LEDGER], settings.billing, hub).install()
         app[CHAT] = chat
         billing_loop = BillingLoop(app[LEDGER], settings.billing, HubBillingEvents(hub))
         await hub.beat()

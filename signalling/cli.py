@@ -15,6 +15,10 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from turn.config import render as render_turn_config
+from turn.config import template as turn_template
+from turn.credentials import TurnError
+
 from .auth import Identity, Role, load_keys, mint_token
 from .clock import SystemClock
 from .errors import ConfigError
@@ -34,6 +38,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     sub.add_parser("genconfig", help="print every setting with its default")
     sub.add_parser("migrate", help="apply pending SQL migrations to JALWA_DATABASE_URL")
+    turn_config = sub.add_parser("turn-config", help="print coturn's turnserver.conf")
+    turn_config.add_argument(
+        "--template", action="store_true", help="the configs/ template (placeholder secret)"
+    )
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     ledger_sub.add_parser("check", help="check every ledger invariant; exit 1 on a problem")
@@ -45,6 +53,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return _serve(settings, args.host, args.port)
         if args.command == "token":
             return _token(settings, args.user, Role(args.role), args.name, args.ttl)
+        if args.command == "turn-config":
+            if args.template:
+                print(turn_template(), end="")
+            else:
+                print(
+                    render_turn_config(settings.turn, production=settings.turn.production), end=""
+                )
+            return 0
         if args.command == "migrate":
             return asyncio.run(_migrate(_database_url(settings)))
         if args.command == "ledger":
@@ -54,7 +70,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ValidationError as exc:
         print(f"jalwa: bad settings:\n{exc}", file=sys.stderr)
         return 2
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, TurnError, ValueError) as exc:
         print(f"jalwa: {exc}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 import msgspec
 
+from turn.credentials import ice_servers as turn_ice_servers
+from turn.settings import TurnSettings
+
 from .auth import Identity, Role
 from .calls import (
     Call,
@@ -44,8 +47,6 @@ from .protocol import (
     EndReason,
     Error,
     ErrorCode,
-    GiftReceived,
-    GiftSend,
     IceServerInfo,
     MediaMode,
     PresenceChanged,
@@ -59,7 +60,6 @@ from .protocol import (
     RtcOffer,
     RtcOfferOut,
     ServerMessage,
-    WalletBalance,
     Welcome,
     decode,
     encode,
@@ -89,15 +89,6 @@ class CallRefused(JalwaError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class GiftOutcome:
-    coins_to_receiver: int
-    sender_wallet: int
-    sender_earnings: int
-    receiver_wallet: int
-    receiver_earnings: int
-
-
 class CallHooks(Protocol):
     """What the hub asks of the money side of the service (billing plugs in here).
 
@@ -112,9 +103,6 @@ class CallHooks(Protocol):
 
     async def call_ended(self, call: Call) -> EndFigures: ...
 
-    async def send_gift(self, sender: Identity, receiver: Identity, msg: GiftSend) -> GiftOutcome:
-        """Charge the sender for a catalog gift; idempotent on ``msg.idempotency_key``."""
-
 
 class FreeCalls:
     """Hooks for a hub without billing: nothing is charged and there are no gifts."""
@@ -127,9 +115,6 @@ class FreeCalls:
 
     async def call_ended(self, call: Call) -> EndFigures:
         return EndFigures()
-
-    async def send_gift(self, sender: Identity, receiver: Identity, msg: GiftSend) -> GiftOutcome:
-        raise JalwaError("this hub has no gift catalog", code=ErrorCode.UNKNOWN_GIFT)
 
 
 # A handler returns its reply (None: a plain ack) and the effects to run after the reply,
@@ -149,8 +134,10 @@ class Hub:
         hooks: CallHooks,
         media: MediaMode = "p2p",
         router: Router | None = None,
+        turn: TurnSettings | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        self._turn = turn or TurnSettings()
         self._router: Router = router or LocalRouter()
         self._settings = settings
         self._presence = presence
@@ -181,7 +168,6 @@ class Hub:
             RtcOffer: self._rtc_relay,
             RtcAnswer: self._rtc_relay,
             RtcIce: self._rtc_relay,
-            GiftSend: self._gift_send,
         }
         self._on_connect: list[Callable[[Session], Awaitable[None]]] = []
         self._invite_guards: list[Callable[[Identity, Identity], Awaitable[None]]] = []
@@ -227,7 +213,7 @@ class Hub:
                 session_id=session.session_id,
                 user=user_info(identity),
                 heartbeat_s=hub.heartbeat_s,
-                ice_servers=self._ice,
+                ice_servers=self._ice_servers(identity.user_id),
                 media=self._media,
                 call=self._call_info(call, identity.user_id) if call is not None else None,
             )
@@ -246,6 +232,11 @@ class Hub:
                 # What the callback pushes is retried on the next connect; the session stays.
                 self._log.exception("on_connect callback failed for %s", identity.user_id)
         return session
+
+    def _ice_servers(self, user_id: str) -> list[IceServerInfo]:
+        """Configured servers plus short-lived TURN credentials for this user (DESIGN §6)."""
+        minted = turn_ice_servers(self._turn, user_id, self._clock.time())
+        return [*self._ice, *(IceServerInfo(**server) for server in minted)]
 
     async def disconnect(self, session: Session) -> None:
         self._unwatch_all(session)
@@ -284,8 +275,13 @@ class Hub:
         except DecodeFailure as exc:
             self._error(session, exc.code, exc.message, exc.request_id)
             return
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            kind = type(message).__struct_config__.tag
+            self._error(session, ErrorCode.UNKNOWN_TYPE, f"{kind} is not enabled here", message.id)
+            return
         try:
-            reply, effects = await self._handlers[type(message)](session, message)
+            reply, effects = await handler(session, message)
         except JalwaError as exc:
             self._error(session, exc.code, exc.message, message.id)
             return
@@ -604,44 +600,15 @@ class Hub:
                     # Presence catches up at the user's next update; the call must go on.
                     self._log.exception("presence update for %s failed", uid)
 
-    # --- gifts (§5.7) ---------------------------------------------------------------------
-
-    async def _gift_send(self, session: Session, msg: GiftSend) -> Outcome:
-        receiver = await self._gift_receiver(session, msg)
-        outcome = await self._hooks.send_gift(session.identity, receiver, msg)
-        gift = GiftReceived(
-            sender=user_info(session.identity),
-            gift_id=msg.gift_id,
-            coins=outcome.coins_to_receiver,
-            call_id=msg.call_id,
-        )
-        self.deliver(receiver.user_id, gift)
-        self.deliver(
-            receiver.user_id,
-            WalletBalance(wallet=outcome.receiver_wallet, earnings=outcome.receiver_earnings),
-        )
-        session.send(WalletBalance(wallet=outcome.sender_wallet, earnings=outcome.sender_earnings))
-        reply = Ack(id=msg.id, balance=outcome.sender_wallet) if msg.id is not None else None
-        return reply, []
-
-    async def _gift_receiver(self, session: Session, msg: GiftSend) -> Identity:
-        """The host the gift is for: the peer of the named call, or any online host."""
-        if msg.call_id is not None:
-            peer = self.calls.require_active(session.user_id, msg.call_id).peer_of(session.user_id)
-            if peer.user_id != msg.to:
-                raise CallError(f"{msg.to} is not in call {msg.call_id}", code=ErrorCode.FORBIDDEN)
-            receiver = peer
-        elif (local := self.sessions.get(msg.to)) is not None:
-            receiver = local.identity
-        else:
-            records = await self._presence.get_many([msg.to])
-            if msg.to not in records:
-                raise JalwaError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
-            rec = records[msg.to]
-            receiver = Identity(rec.user_id, Role(rec.role), rec.name)
-        if receiver.role is not Role.HOST or receiver.user_id == session.user_id:
-            raise JalwaError("gifts go from a caller to a host", code=ErrorCode.FORBIDDEN)
-        return receiver
+    async def find_user(self, user_id: str) -> Identity | None:
+        """Who an online user is (this node's session, or their presence record)."""
+        session = self.sessions.get(user_id)
+        if session is not None:
+            return session.identity
+        record = (await self._presence.get_many([user_id])).get(user_id)
+        if record is None:
+            return None
+        return Identity(record.user_id, Role(record.role), record.name)
 
     def _call_info(self, call: Call, user_id: str) -> CallInfo:
         return CallInfo(

@@ -17,18 +17,21 @@ from billing.errors import (
 from billing.ledger import CallTerms, Ledger, Stop, Tick
 from billing.settings import BillingSettings
 
-from .auth import Identity
-from .calls import Call
-from .errors import JalwaError
-from .hub import CallRefused, EndFigures, GiftOutcome, Hub, StartTerms
+from .auth import Identity, Role
+from .calls import Call, user_info
+from .errors import CallError, JalwaError
+from .hub import CallRefused, EndFigures, Hub, Outcome, StartTerms
 from .protocol import (
+    Ack,
     BillingLowBalance,
     BillingTick,
     EndReason,
     ErrorCode,
+    GiftReceived,
     GiftSend,
     WalletBalance,
 )
+from .session import Session
 
 log = logging.getLogger(__name__)
 CLOSE_RETRY_S = (0.5, 1, 2, 5, 10, 30, 60)
@@ -119,10 +122,28 @@ class LedgerHooks:
                 log.warning("closing call %s failed again", call_id)
         log.error("call %s could not be closed in the ledger; `jalwa ledger check`", call_id)
 
-    async def send_gift(self, sender: Identity, receiver: Identity, msg: GiftSend) -> GiftOutcome:
+    async def aclose(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+
+
+class Gifts:
+    """``gift.send`` (docs/protocol.md §5.7): a caller pays a host for a catalog gift."""
+
+    def __init__(self, ledger: Ledger, settings: BillingSettings, hub: Hub) -> None:
+        self._ledger = ledger
+        self._settings = settings
+        self._hub = hub
+
+    def install(self) -> None:
+        self._hub.register(GiftSend, self._send)
+
+    async def _send(self, session: Session, msg: GiftSend) -> Outcome:
+        receiver = await self._receiver(session, msg)
+        sender = session.identity
         try:
             sent = await self._ledger.send_gift(
-                f"gift:{sender.user_id}:{msg.idempotency_key}",
+                msg.idempotency_key,  # the ledger scopes it to the sender
                 sender=sender.user_id,
                 receiver=receiver.user_id,
                 gift_id=msg.gift_id,
@@ -132,17 +153,34 @@ class LedgerHooks:
             theirs = await self._ledger.balances(receiver.user_id)
         except BillingError as exc:
             raise protocol_error(exc) from exc
-        return GiftOutcome(
-            coins_to_receiver=sent.host_credit,
-            sender_wallet=mine.wallet,
-            sender_earnings=mine.earnings,
-            receiver_wallet=theirs.wallet,
-            receiver_earnings=theirs.earnings,
+        hub = self._hub
+        gift = GiftReceived(
+            sender=user_info(sender),
+            gift_id=msg.gift_id,
+            coins=sent.host_credit,
+            call_id=msg.call_id,
         )
+        await hub.deliver_anywhere(receiver.user_id, gift)
+        await hub.deliver_anywhere(
+            receiver.user_id, WalletBalance(wallet=theirs.wallet, earnings=theirs.earnings)
+        )
+        session.send(WalletBalance(wallet=mine.wallet, earnings=mine.earnings))
+        return (Ack(id=msg.id, balance=mine.wallet) if msg.id is not None else None), []
 
-    async def aclose(self) -> None:
-        for task in list(self._retries):
-            task.cancel()
+    async def _receiver(self, session: Session, msg: GiftSend) -> Identity:
+        """The host the gift is for: the peer of the named call, or any online host."""
+        if msg.call_id is not None:
+            call = self._hub.calls.require_active(session.user_id, msg.call_id)
+            receiver: Identity | None = call.peer_of(session.user_id)
+            if receiver is None or receiver.user_id != msg.to:
+                raise CallError(f"{msg.to} is not in call {msg.call_id}", code=ErrorCode.FORBIDDEN)
+        else:
+            receiver = await self._hub.find_user(msg.to)
+            if receiver is None:
+                raise JalwaError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
+        if receiver.role is not Role.HOST or receiver.user_id == session.user_id:
+            raise JalwaError("gifts go from a caller to a host", code=ErrorCode.FORBIDDEN)
+        return receiver
 
 
 class HubBillingEvents:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from billing.settings import BillingSettings
+from turn.settings import TurnSettings
 
 ENV_PREFIX = "JALWA_"
 NESTED_DELIMITER = "__"
@@ -146,6 +147,18 @@ class Settings(BaseSettings):
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _turn_follows_env(cls, data: Any) -> Any:
+        # turn.production mirrors env (coturn's deny list depends on it); never set by hand.
+        if isinstance(data, dict):
+            turn = data.get("turn") or {}
+            if isinstance(turn, TurnSettings):
+                turn = turn.model_dump()
+            data = {**data, "turn": {**turn, "production": data.get("env") == "production"}}
+        return data
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
 from typing import Any
 
 import aiohttp
@@ -221,3 +225,21 @@ async def test_peer_lost_over_sockets(
     await bob.close()
     ended = await recv(alice, "call.ended")
     assert ended["reason"] == "peer_lost"
+
+
+async def test_welcome_carries_short_lived_turn_credentials(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+) -> None:
+    turn = {"secret": "t" * 40, "urls": ["turn:127.0.0.1:3478?transport=udp"], "ttl_s": 600}
+    settings = make_settings(turn=turn, hub={"ice_servers": [{"urls": ["stun:127.0.0.1:3478"]}]})
+    client = await aiohttp_client(create_app(settings, hooks=FreeCalls()))
+    ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
+    welcome = await recv(ws, "welcome")
+    stun, relay = welcome["ice_servers"]
+    assert stun == {"urls": ["stun:127.0.0.1:3478"]}
+    expiry, _, user = relay["username"].partition(":")
+    assert user == "alice" and 590 <= int(expiry) - time.time() <= 610
+    expected = base64.b64encode(
+        hmac.new(b"t" * 40, relay["username"].encode(), hashlib.sha1).digest()
+    ).decode()
+    assert relay["credential"] == expected and relay["urls"] == turn["urls"]

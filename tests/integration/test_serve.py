@@ -155,7 +155,11 @@ async def test_with_redis_presence_dies_with_the_process(
                 await full_call(alice, bob)
                 keys = {k.decode() async for k in redis_client.scan_iter(f"{prefix}:*")}
                 assert f"{prefix}:p:u:alice" in keys and f"{prefix}:p:node:node-a" in keys
-                assert await redis_client.hget(f"{prefix}:p:u:bob", "status") == b"available"
+                # call.ended goes out before the hub re-publishes presence: poll briefly.
+                deadline = time.monotonic() + 5
+                while await redis_client.hget(f"{prefix}:p:u:bob", "status") != b"available":
+                    assert time.monotonic() < deadline, "bob stayed busy after the call"
+                    await asyncio.sleep(0.05)
                 server.proc.send_signal(signal.SIGKILL)
                 server.proc.wait(5)
                 start = time.monotonic()

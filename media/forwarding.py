@@ -1,0 +1,293 @@
+"""Encoded-frame forwarding: a publisher's frames fanned out to subscriber tracks.
+
+A ``Publication`` is what one party sends on one m-line (its ``RTCRtpReceiver`` on the SFU,
+tapped by media/rtp_hooks.py). A ``ForwardingTrack`` is what the SFU sends the other party on
+the matching m-line: a ``MediaStreamTrack`` whose ``recv()`` returns ``av.Packet``, which
+aiortc's ``RTCRtpSender`` only packetizes (the codec's ``pack()``), never re-encodes.
+
+Both are sans-I/O apart from the PLI callback: frames go in by method call, so the gating,
+queue bounds and keyframe rate limit are unit-tested without sockets (injected clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.rtp_hooks import EncodedFrame
+
+log = logging.getLogger(__name__)
+
+# Nominal frame spacing used to keep timestamps moving forward across a source switch.
+_FRAMES_PER_SECOND = {"audio": 50, "video": 30}
+
+
+@functools.cache
+def _time_base(clock_rate: int) -> Fraction:
+    return Fraction(1, clock_rate)
+
+
+class Clock(Protocol):
+    """The one place forwarding reads time (signalling's ``Clock`` satisfies it)."""
+
+    def monotonic(self) -> float: ...
+
+
+class MonotonicClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationStats:
+    frames_received: int
+    keyframes_received: int
+    frames_unsubscribed: int
+    """Frames that arrived while nobody was subscribed (dropped)."""
+    keyframe_requests_received: int
+    keyframe_requests_sent: int
+    """PLIs actually sent to the publisher, after rate limiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    frames_forwarded: int
+    frames_dropped: int
+    """Frames thrown away because the queue was full (or its source changed)."""
+    frames_skipped: int
+    """Frames not sent while waiting for a keyframe (new subscriber, source change, overflow)."""
+
+
+class Publication:
+    """One incoming encoded stream and the forwarding tracks subscribed to it."""
+
+    def __init__(
+        self,
+        kind: str,
+        send_pli: Callable[[], bool],
+        *,
+        keyframe_interval_s: float,
+        clock: Clock,
+    ) -> None:
+        self.kind = kind
+        self._send_pli = send_pli
+        self._interval = keyframe_interval_s
+        self._clock = clock
+        self._subscribers: list[ForwardingTrack] = []
+        self._keyframe_wanted = False
+        self._last_pli: float | None = None
+        self._closed = False
+        self._frames = 0
+        self._keyframes = 0
+        self._unsubscribed = 0
+        self._requests_in = 0
+        self._requests_out = 0
+
+    @property
+    def subscribers(self) -> tuple[ForwardingTrack, ...]:
+        return tuple(self._subscribers)
+
+    def on_frame(self, frame: EncodedFrame) -> None:
+        """An encoded frame from the publisher (the receiver tap's sink)."""
+        if self._closed:
+            return
+        self._frames += 1
+        if frame.keyframe:
+            self._keyframes += 1
+            self._keyframe_wanted = False
+        elif self._keyframe_wanted:
+            self._maybe_send_pli()
+        if not self._subscribers:
+            self._unsubscribed += 1
+            return
+        for track in self._subscribers:
+            track.push(frame)
+
+    def subscribe(self, track: ForwardingTrack) -> None:
+        if track in self._subscribers or self._closed:
+            return
+        previous = track.source
+        if previous is not None:
+            previous.unsubscribe(track)
+        self._subscribers.append(track)
+        track._attached(self)
+
+    def unsubscribe(self, track: ForwardingTrack) -> None:
+        if track in self._subscribers:
+            self._subscribers.remove(track)
+            track._detached(self)
+
+    def request_keyframe(self) -> None:
+        """A subscriber needs a keyframe: PLI the publisher, at most once per interval.
+
+        A request inside the interval is remembered and sent with the first frame after it;
+        it stays wanted (retried once per interval, in case a PLI was lost) until a keyframe
+        arrives.
+        """
+        if self._closed or self.kind != "video":
+            return
+        self._requests_in += 1
+        self._keyframe_wanted = True
+        self._maybe_send_pli()
+
+    def close(self) -> None:
+        self._closed = True
+        for track in list(self._subscribers):
+            self.unsubscribe(track)
+
+    def stats(self) -> PublicationStats:
+        return PublicationStats(
+            frames_received=self._frames,
+            keyframes_received=self._keyframes,
+            frames_unsubscribed=self._unsubscribed,
+            keyframe_requests_received=self._requests_in,
+            keyframe_requests_sent=self._requests_out,
+        )
+
+    def _maybe_send_pli(self) -> None:
+        now = self._clock.monotonic()
+        if self._last_pli is not None and now - self._last_pli < self._interval:
+            return
+        if self._send_pli():
+            self._last_pli = now
+            self._requests_out += 1
+
+
+class ForwardingTrack(MediaStreamTrack):
+    """What the SFU sends one subscriber on one m-line: encoded frames as ``av.Packet``.
+
+    - bounded: never more than ``capacity`` frames queued. A full audio queue drops its
+      oldest frame; a full video queue is flushed (frames after a lost one cannot be
+      decoded) and waits for the next keyframe, requesting one;
+    - gated: video starts at a keyframe, requested when the sender first pulls (a new
+      subscriber) and whenever the source changes (the publisher reconnected);
+    - timestamps are rebased on a source change so they keep moving forward.
+    """
+
+    def __init__(self, kind: str, *, capacity: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self._capacity = capacity
+        self._queue: deque[tuple[EncodedFrame, int]] = deque()
+        self._wakeup = asyncio.Event()
+        self._source: Publication | None = None
+        self._pulling = False
+        self._waiting_keyframe = kind == "video"
+        self._rebase = True
+        self._offset = 0
+        self._last_pts: int | None = None
+        self._forwarded = 0
+        self._dropped = 0
+        self._skipped = 0
+
+    @property
+    def source(self) -> Publication | None:
+        return self._source
+
+    def stats(self) -> SubscriptionStats:
+        return SubscriptionStats(
+            frames_forwarded=self._forwarded,
+            frames_dropped=self._dropped,
+            frames_skipped=self._skipped,
+        )
+
+    def request_keyframe(self) -> None:
+        """Ask the current source for a keyframe (the subscriber sent PLI/FIR, or we gate)."""
+        if self._source is not None:
+            self._source.request_keyframe()
+
+    def push(self, frame: EncodedFrame) -> None:
+        """Queue one encoded frame from the source (called on the event loop)."""
+        if self.readyState != "live":
+            return
+        if not self._pulling:
+            # Nobody sends yet (the subscriber leg is still connecting): queuing would
+            # only deliver stale frames in a burst later.
+            self._skipped += 1
+            return
+        if len(self._queue) >= self._capacity:
+            if self.kind == "video":
+                self._dropped += len(self._queue)
+                self._queue.clear()
+                self._wait_for_keyframe()
+            else:
+                self._queue.popleft()
+                self._dropped += 1
+        if self._waiting_keyframe:
+            if not frame.keyframe:
+                self._skipped += 1
+                self.request_keyframe()  # rate-limited by the publication
+                return
+            self._waiting_keyframe = False
+        if self._rebase:
+            self._rebase_on(frame)
+        pts = frame.timestamp + self._offset
+        self._last_pts = pts
+        self._queue.append((frame, pts))
+        self._wakeup.set()
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next encoded frame, for ``RTCRtpSender`` to packetize."""
+        if not self._pulling:
+            self._pulling = True
+            if self._waiting_keyframe:
+                self.request_keyframe()
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame, pts = self._queue.popleft()
+        packet = av.Packet(frame.data)
+        packet.pts = pts
+        packet.time_base = _time_base(frame.clock_rate)
+        self._forwarded += 1
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        if self._source is not None:
+            self._source.unsubscribe(self)
+        self._queue.clear()
+        self._wakeup.set()
+
+    # Called by Publication.subscribe / unsubscribe only.
+    def _attached(self, source: Publication) -> None:
+        self._source = source
+        self._rebase = True
+        if self._queue:
+            # Frames of the previous source would be followed by an unrelated stream.
+            self._dropped += len(self._queue)
+            self._queue.clear()
+        if self.kind == "video":
+            self._waiting_keyframe = True
+            if self._pulling:
+                self.request_keyframe()
+
+    def _detached(self, source: Publication) -> None:
+        if self._source is source:
+            self._source = None
+
+    def _wait_for_keyframe(self) -> None:
+        self._waiting_keyframe = True
+        self.request_keyframe()
+
+    def _rebase_on(self, frame: EncodedFrame) -> None:
+        self._rebase = False
+        if self._last_pts is None:
+            self._offset = -frame.timestamp
+        else:
+            step = frame.clock_rate // _FRAMES_PER_SECOND.get(self.kind, 30)
+            self._offset = self._last_pts + step - frame.timestamp

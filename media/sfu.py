@@ -1,0 +1,198 @@
+"""The SFU: per call, two legs whose encoded media is forwarded to each other (DESIGN §6).
+
+Sans hub: the hub calls ``answer`` with each party's SDP offer, relays the answer back,
+passes trickled candidates to ``add_candidate`` and ends media with ``close_call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from aiortc import RTCConfiguration
+
+from media.errors import CallClosed, CallFull, NotSupported, SfuClosed, UnknownLeg
+from media.forwarding import Clock, MonotonicClock
+from media.ice import IcePolicy, rtc_configuration
+from media.leg import Leg, LegStats, StateCallback
+from media.rtp_hooks import check_aiortc_internals
+from media.settings import MediaSettings
+
+log = logging.getLogger(__name__)
+
+MAX_PARTIES = 2
+CLOSE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    call_id: str
+    legs: dict[str, LegStats]
+
+
+class CallMedia:
+    """One call's media: at most two legs, each forwarding to the other."""
+
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self.legs: dict[str, Leg] = {}
+        self.closed = False
+        self.lock = asyncio.Lock()
+
+    def other(self, party: str) -> Leg | None:
+        return next((leg for p, leg in self.legs.items() if p != party), None)
+
+    def stats(self) -> CallStats:
+        return CallStats(self.call_id, {p: leg.stats() for p, leg in self.legs.items()})
+
+    def wire(self) -> None:
+        """Subscribe each leg's forwarding tracks to the other leg's matching publications.
+
+        Tracks are matched by (kind, ordinal). A party that re-offered has a new leg whose
+        publications replace the old ones as the other side's source; the other side's
+        peer connection and SDP are untouched (its senders keep their tracks).
+        """
+        for party, leg in self.legs.items():
+            other = self.other(party)
+            for slot, track in leg.subscriptions.items():
+                source = other.publications.get(slot) if other is not None else None
+                if source is None:
+                    if track.source is not None:
+                        track.source.unsubscribe(track)
+                elif track.source is not source:
+                    source.subscribe(track)
+
+
+class Sfu:
+    """Forwarding SFU for 1:1 calls. Encoded frames only: nothing is decoded or re-encoded.
+
+    ``configuration`` carries the ICE servers the SFU's own peer connections use; its
+    ``iceServers`` must be explicit (``[]`` is fine) so aiortc never falls back to a
+    public STUN server.
+    """
+
+    def __init__(
+        self,
+        settings: MediaSettings,
+        configuration: RTCConfiguration,
+        *,
+        clock: Clock | None = None,
+        on_connection_state: StateCallback | None = None,
+    ) -> None:
+        check_aiortc_internals()
+        if settings.recording != "off":
+            raise NotSupported("recording is not implemented yet: media.recording must be off")
+        self.settings = settings
+        self._configuration = rtc_configuration(configuration)
+        self._ice_policy = IcePolicy.from_settings(settings)
+        self._clock: Clock = clock or MonotonicClock()
+        self._on_state = on_connection_state
+        self._calls: dict[str, CallMedia] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    def call(self, call_id: str) -> CallMedia | None:
+        return self._calls.get(call_id)
+
+    @property
+    def call_ids(self) -> frozenset[str]:
+        return frozenset(self._calls)
+
+    async def answer(self, call_id: str, party: str, offer_sdp: str) -> str:
+        """Answer ``party``'s offer in ``call_id``; returns the answer SDP.
+
+        A second offer from the same party (a reconnect) replaces its peer connection; the
+        other party's forwarding switches to the new one without renegotiation.
+        Raises ``NegotiationError``, ``CallFull``, ``CallClosed`` or ``SfuClosed``.
+        """
+        if self._closed:
+            raise SfuClosed("the SFU is closed")
+        call = self._calls.get(call_id)
+        if call is None:
+            call = self._calls[call_id] = CallMedia(call_id)
+        async with call.lock:
+            if party not in call.legs and len(call.legs) >= MAX_PARTIES:
+                raise CallFull(call_id, party)
+            leg = Leg(
+                call_id,
+                party,
+                settings=self.settings,
+                configuration=rtc_configuration(self._configuration),
+                ice_policy=self._ice_policy,
+                clock=self._clock,
+                on_state=self._on_state,
+            )
+            try:
+                answer_sdp = await leg.negotiate(offer_sdp)
+            except BaseException:
+                await leg.close()
+                if not call.legs and self._calls.get(call_id) is call:
+                    del self._calls[call_id]
+                raise
+            if call.closed or self._closed:
+                await leg.close()
+                raise CallClosed(f"call {call_id!r} was closed while its offer was answered")
+            previous = call.legs.get(party)
+            call.legs[party] = leg
+            call.wire()
+            if previous is not None:
+                log.info("media: %s/%s re-offered: replacing its peer connection", call_id, party)
+                self._background(previous.close())
+        return answer_sdp
+
+    async def add_candidate(
+        self,
+        call_id: str,
+        party: str,
+        candidate: str,
+        sdp_mid: str | None,
+        sdp_mline_index: int | None,
+    ) -> None:
+        """Add a trickled ICE candidate from ``party`` (empty ``candidate``: end of them)."""
+        call = self._calls.get(call_id)
+        leg = call.legs.get(party) if call is not None else None
+        if leg is None:
+            raise UnknownLeg(call_id, party)
+        await leg.add_candidate(candidate, sdp_mid, sdp_mline_index)
+
+    async def close_call(self, call_id: str) -> None:
+        """Close both parties' peer connections (within ``CLOSE_TIMEOUT_S``); idempotent."""
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        call.closed = True
+        legs = list(call.legs.values())
+        await self._close_legs(legs)
+
+    async def close(self) -> None:
+        """Close every call; no new offers are answered afterwards."""
+        self._closed = True
+        calls = list(self._calls)
+        await asyncio.gather(*(self.close_call(c) for c in calls))
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def stats(self, call_id: str) -> CallStats | None:
+        call = self._calls.get(call_id)
+        return call.stats() if call is not None else None
+
+    async def _close_legs(self, legs: list[Leg]) -> None:
+        tasks = [asyncio.ensure_future(leg.close()) for leg in legs]
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        for task in pending:
+            # Not cancelled: a half-closed peer connection would leak sockets and threads.
+            log.warning("media: closing a peer connection takes over %ss", CLOSE_TIMEOUT_S)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("media: closing a peer connection failed: %r", task.exception())
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)

@@ -1,0 +1,79 @@
+"""Sfu construction rules, error paths and the wiring between two legs (no sockets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import pytest
+from aiortc import RTCConfiguration
+
+from media.errors import NegotiationError, NotSupported, SfuClosed, UnknownLeg
+from media.forwarding import ForwardingTrack, MonotonicClock, Publication
+from media.leg import Leg, Slot
+from media.settings import MediaSettings
+from media.sfu import CallMedia, Sfu
+
+NO_ICE = RTCConfiguration(iceServers=[])
+
+
+def test_ice_servers_must_be_explicit() -> None:
+    with pytest.raises(ValueError, match="iceServers"):
+        Sfu(MediaSettings(), RTCConfiguration())
+
+
+def test_recording_is_refused_until_implemented(tmp_path: Path) -> None:
+    settings = MediaSettings(recording="always", record_dir=tmp_path)
+    with pytest.raises(NotSupported):
+        Sfu(settings, NO_ICE)
+
+
+async def test_error_paths_leave_no_call_behind() -> None:
+    sfu = Sfu(MediaSettings(), NO_ICE)
+    with pytest.raises(NegotiationError):
+        await sfu.answer("c", "caller", "v=0\r\n")
+    with pytest.raises(UnknownLeg):
+        await sfu.add_candidate("c", "caller", "", None, 0)
+    assert sfu.call_ids == frozenset()
+    await sfu.close_call("never-opened")  # idempotent, no error
+    await sfu.close()
+    with pytest.raises(SfuClosed):
+        await sfu.answer("c", "caller", "v=0\r\n")
+
+
+class FakeLeg:
+    """What CallMedia.wire reads of a Leg: its publications and subscriptions."""
+
+    def __init__(self, *kinds: str) -> None:
+        self.publications: dict[Slot, Publication] = {}
+        self.subscriptions: dict[Slot, ForwardingTrack] = {}
+        for kind in kinds:
+            slot = (kind, 0)
+            self.publications[slot] = Publication(
+                kind, lambda: True, keyframe_interval_s=1, clock=MonotonicClock()
+            )
+            self.subscriptions[slot] = ForwardingTrack(kind, capacity=4)
+
+
+def sources(leg: FakeLeg) -> dict[Slot, Publication | None]:
+    return {slot: track.source for slot, track in leg.subscriptions.items()}
+
+
+async def test_wire_pairs_matching_slots_and_follows_a_reconnect() -> None:
+    call = CallMedia("c")
+    alice, bob = FakeLeg("audio", "video"), FakeLeg("video")
+    call.legs["caller"] = cast(Leg, alice)
+    call.wire()
+    assert sources(alice) == {("audio", 0): None, ("video", 0): None}
+
+    call.legs["host"] = cast(Leg, bob)
+    call.wire()
+    assert sources(alice) == {("audio", 0): None, ("video", 0): bob.publications[("video", 0)]}
+    assert sources(bob) == {("video", 0): alice.publications[("video", 0)]}
+
+    alice2 = FakeLeg("audio", "video")  # Alice re-offered: her new leg replaces the old one
+    call.legs["caller"] = cast(Leg, alice2)
+    call.wire()
+    assert sources(bob) == {("video", 0): alice2.publications[("video", 0)]}
+    assert alice.publications[("video", 0)].subscribers == ()
+    assert sources(alice2)[("video", 0)] is bob.publications[("video", 0)]

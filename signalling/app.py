@@ -19,12 +19,15 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer
 from pymongo import AsyncMongoClient
 
 from billing.ledger_memory import MemoryLedger
 from billing.ledger_pg import PgLedger
 from billing.loop import BillingLoop
 from billing.migrate import migrate
+from media.sfu import Sfu
+from turn.credentials import ice_servers as turn_ice_servers
 
 from .auth import Identity, KeyMaterial, Role, TokenVerifier, load_keys, mint_token
 from .chat import ChatStore, MemoryChat
@@ -160,13 +163,14 @@ def _hub_context(
                 node_ttl_s=settings.presence.node_ttl_s,
             )
         ledger_hooks = LedgerHooks(app[LEDGER], settings.billing)
+        sfu = _build_sfu(settings, clock) if settings.media.mode == "sfu" else None
         hub = Hub(
             settings=settings.hub,
             presence=presence,
             clock=clock,
             hooks=hooks or ledger_hooks,
-            media="p2p",
             router=router,
+            media_server=sfu,
             turn=settings.turn,
             logger=logging.getLogger("jalwa.hub"),
         )
@@ -198,6 +202,8 @@ def _hub_context(
             await asyncio.gather(*tasks, return_exceptions=True)
             await ledger_hooks.aclose()
             await router.close()
+            if sfu is not None:
+                await sfu.close()
             with contextlib.suppress(Exception):
                 await presence.retire()
             await presence.close()
@@ -205,6 +211,21 @@ def _hub_context(
                 await client.aclose()
 
     return ctx
+
+
+def _build_sfu(settings: Settings, clock: Clock) -> Sfu:
+    """The SFU with explicit ICE servers: the configured ones plus TURN for itself."""
+    servers = [
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+        for s in settings.hub.ice_servers
+    ]
+    for minted in turn_ice_servers(settings.turn, "sfu", clock.time()):
+        servers.append(
+            RTCIceServer(
+                urls=minted["urls"], username=minted["username"], credential=minted["credential"]
+            )
+        )
+    return Sfu(settings.media, RTCConfiguration(iceServers=servers))
 
 
 async def _every(period: float, job: Callable[[], Awaitable[None]], name: str) -> None:

@@ -233,10 +233,10 @@ def _render(value: object) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         import json
 
-        return json.dumps(value)
+        return json.dumps(list(value))
     return str(value)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from media.errors import MediaError, UnknownLeg
 from turn.credentials import ice_servers as turn_ice_servers
 from turn.settings import TurnSettings
 
@@ -104,6 +105,23 @@ class CallHooks(Protocol):
     async def call_ended(self, call: Call) -> EndFigures: ...
 
 
+class MediaServer(Protocol):
+    """The SFU as the hub uses it (media/sfu.py); errors are media.errors.MediaError."""
+
+    async def answer(self, call_id: str, party: str, offer_sdp: str) -> str: ...
+
+    async def add_candidate(
+        self,
+        call_id: str,
+        party: str,
+        candidate: str,
+        sdp_mid: str | None,
+        sdp_mline_index: int | None,
+    ) -> None: ...
+
+    async def close_call(self, call_id: str) -> None: ...
+
+
 class FreeCalls:
     """Hooks for a hub without billing: nothing is charged and there are no gifts."""
 
@@ -122,6 +140,7 @@ class FreeCalls:
 Outcome = tuple[Ack | None, list[Effect]]
 Handler = Callable[[Session, Any], Awaitable[Outcome]]
 DONE: Outcome = (None, [])
+SFU_SENDER = "sfu"  # the ``from`` of frames the server's own peer connection sends
 
 
 class Hub:
@@ -132,18 +151,21 @@ class Hub:
         presence: PresenceStore,
         clock: Clock,
         hooks: CallHooks,
-        media: MediaMode = "p2p",
         router: Router | None = None,
+        media_server: MediaServer | None = None,
         turn: TurnSettings | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._turn = turn or TurnSettings()
+        # With a media server the call's media goes through it (sfu); otherwise the hub only
+        # relays SDP/ICE between the parties (p2p) and cannot stop media itself.
+        self._sfu = media_server
         self._router: Router = router or LocalRouter()
         self._settings = settings
         self._presence = presence
         self._clock = clock
         self._hooks = hooks
-        self._media = media
+        self._media: MediaMode = "p2p" if media_server is None else "sfu"
         self._log = logger or logging.getLogger(__name__)
         self._ice = [
             IceServerInfo(urls=s.urls, username=s.username, credential=s.credential)
@@ -513,6 +535,8 @@ class Hub:
 
     async def _rtc_relay(self, session: Session, msg: RtcOffer | RtcAnswer | RtcIce) -> Outcome:
         call = self.calls.require_active(session.user_id, msg.call_id)
+        if self._sfu is not None:
+            return await self._rtc_sfu(self._sfu, session, call, msg)
         peer = self.sessions.get(call.peer_of(session.user_id).user_id)
         if peer is None:
             return DONE  # peer within its grace period: it renegotiates when it is back
@@ -530,6 +554,36 @@ class Hub:
                 sdp_mline_index=msg.sdp_mline_index,
             )
         peer.send(out)
+        return DONE
+
+    async def _rtc_sfu(
+        self, sfu: MediaServer, session: Session, call: Call, msg: RtcOffer | RtcAnswer | RtcIce
+    ) -> Outcome:
+        """§5.5: each party negotiates one peer connection with the server."""
+        try:
+            if isinstance(msg, RtcOffer):
+                answer = await sfu.answer(call.call_id, session.user_id, msg.sdp)
+                if call.state is not CallState.ACTIVE:
+                    await sfu.close_call(call.call_id)  # ended while we negotiated
+                    raise CallError(f"call {call.call_id} has ended", code=ErrorCode.INVALID_STATE)
+                session.send(RtcAnswerOut(call_id=call.call_id, sender=SFU_SENDER, sdp=answer))
+            elif isinstance(msg, RtcAnswer):
+                raise JalwaError(
+                    "in sfu mode the server never offers; send rtc.offer",
+                    code=ErrorCode.INVALID_STATE,
+                )
+            else:
+                await sfu.add_candidate(
+                    call.call_id,
+                    session.user_id,
+                    msg.candidate or "",
+                    msg.sdp_mid,
+                    msg.sdp_mline_index,
+                )
+        except UnknownLeg as exc:
+            raise JalwaError(f"send rtc.offer first: {exc}", code=ErrorCode.INVALID_STATE) from exc
+        except MediaError as exc:
+            raise JalwaError(str(exc), code=ErrorCode.MEDIA_FAILED) from exc
         return DONE
 
     async def _run(self, effects: Iterable[Effect]) -> None:
@@ -572,6 +626,11 @@ class Hub:
                 )
 
     async def _ended(self, call: Call) -> None:
+        if self._sfu is not None:
+            try:
+                await self._sfu.close_call(call.call_id)  # media stops first (within 1 s)
+            except Exception:
+                self._log.exception("closing media of %s failed", call.call_id)
         try:
             figures = await self._hooks.call_ended(call)
         except Exception:

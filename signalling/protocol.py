@@ -50,6 +50,7 @@ class ErrorCode(enum.StrEnum):
     CHAT_FORBIDDEN = "chat_forbidden"
     CHAT_BLOCKED = "chat_blocked"
     CHAT_NOT_FOUND = "chat_not_found"
+    MEDIA_FAILED = "media_failed"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 

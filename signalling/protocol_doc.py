@@ -77,6 +77,9 @@ ERROR_MEANINGS: dict[p.ErrorCode, str] = {
     p.ErrorCode.CHAT_FORBIDDEN: "You are not a participant of that conversation.",
     p.ErrorCode.CHAT_BLOCKED: "One of the two users blocked the other (§9.5).",
     p.ErrorCode.CHAT_NOT_FOUND: "No such conversation id.",
+    p.ErrorCode.MEDIA_FAILED: (
+        "The SFU could not use the offer or candidate (bad SDP, no common codec) (§5.5)."
+    ),
     p.ErrorCode.UNAVAILABLE: (
         "A backing store failed while handling the message; try again shortly."
     ),
@@ -143,13 +146,13 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("CallInfo", "state"): "`ringing` or `active`",
     ("CallInfo", "role"): "your side of the call",
     ("Welcome", "heartbeat_s"): "seconds (§1)",
-    ("Welcome", "media"): "`p2p` in this version (§5.5)",
+    ("Welcome", "media"): "`sfu` or `p2p` (§5.5)",
     ("Ack", "call_id"): "after `call.invite`",
     ("Ack", "presence"): "after `presence.watch`: user id to shown status",
     ("Error", "code"): "an error code (§6)",
     ("Error", "message"): "for people; wording may change",
     ("CallIncoming", "record"): "the caller asked to record",
-    ("CallStarted", "media"): "`p2p` in this version (§5.5)",
+    ("CallStarted", "media"): "`sfu` or `p2p` (§5.5)",
     ("CallStarted", "rate"): "coins per minute",
     ("CallStarted", "balance"): "the payer's coins; in the payer's copy only",
     ("CallStarted", "record"): "both parties asked to record",
@@ -377,7 +380,18 @@ ringing call still times out meanwhile. A party who is offline when the call end
 told later."""
 
 S5_5 = """\
-In `p2p` mode, the only mode of this version, the hub relays `rtc.offer`, `rtc.answer` and
+`welcome.media` and `call.started.media` say which mode the server runs.
+
+In `sfu` mode (the default) each party negotiates one peer connection **with the server**
+once the call is active: send `rtc.offer` (audio and video, sendrecv), get `rtc.answer` with
+`from: "sfu"`, and trickle your candidates with `rtc.ice` (the server's own candidates are in
+its answer). The server forwards each party's encoded media to the other without decoding
+it; when the call ends, for any reason, it closes both peer connections, so media really
+stops. After a reconnect, send a new `rtc.offer`: it replaces your old peer connection. The
+server never offers, so `rtc.answer` from a client is `invalid_state`; a candidate before
+your offer is `invalid_state`; an offer the server cannot use is `media_failed`.
+
+In `p2p` mode the hub relays `rtc.offer`, `rtc.answer` and
 `rtc.ice` between the two parties of an **active** call; while it rings they get
 `invalid_state`, so hold local candidates until `call.started`. The relayed frame has the same
 `type` and fields plus `from`, the sender's user id. The hub does not read SDP beyond the
@@ -478,7 +492,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("5.2", "Accepting, rejecting, cancelling", S5_2),
     ("5.3", "Ending", S5_3),
     ("5.4", "The end of a call", S5_4),
-    ("5.5", "Media negotiation (p2p relay)", S5_5),
+    ("5.5", "Media negotiation", S5_5),
     ("5.6", "Billing during a call", S5_6),
     ("5.7", "Gifts and wallet", S5_7),
     ("6", "Errors and limits", S6),

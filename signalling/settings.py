@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from billing.settings import BillingSettings
+from media.settings import MediaSettings
 from turn.settings import TurnSettings
 
 ENV_PREFIX = "JALWA_"
@@ -148,6 +149,7 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
 
     @model_validator(mode="before")
     @classmethod

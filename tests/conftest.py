@@ -23,7 +23,11 @@ def make_settings(tmp_path: Path) -> MakeSettings:
         auth = {"dev_key_file": tmp_path / "dev-key", **overrides.pop("auth", {})}
         presence = {"key_prefix": f"jalwa-test-{uuid.uuid4().hex[:8]}"}
         presence.update(overrides.pop("presence", {}))
-        return Settings.model_validate({"auth": auth, "presence": presence, **overrides})
+        # The p2p relay unless a test asks for the SFU (media tests pass media={...}).
+        media = {"mode": "p2p", **overrides.pop("media", {})}
+        return Settings.model_validate(
+            {"auth": auth, "presence": presence, "media": media, **overrides}
+        )
 
     return make
 

@@ -49,6 +49,7 @@ def serve(tmp_path: Path, **extra: str) -> Iterator[Server]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "JALWA_AUTH__DEV_KEY_FILE": str(tmp_path / "dev-key"),
+        "JALWA_MEDIA__MODE": "p2p",  # these tests exercise the SDP/ICE relay
         **extra,
     }
     log = (tmp_path / f"serve-{port}.log").open("wb")

@@ -1,0 +1,89 @@
+"""A paid call through the hub in sfu mode with two real aiortc peers on 127.0.0.1: each
+negotiates with the server over rtc.offer/rtc.answer/rtc.ice, decodes the other's media, and
+when billing ends the call (money ran out) both peer connections are closed within 1 s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from media.testing import LoopbackClient
+from signalling.app import create_app
+from tests.conftest import MakeSettings, MakeToken
+from tests.wsutil import recv
+
+AiohttpClient = Any
+SFU_ON_LOOPBACK = {"mode": "sfu", "host_addresses": ["127.0.0.1"], "include_loopback": True}
+
+
+async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def negotiate(ws: aiohttp.ClientWebSocketResponse, client: LoopbackClient, cid: str) -> None:
+    await ws.send_json(
+        {"type": "rtc.offer", "id": "o", "call_id": cid, "sdp": await client.offer()}
+    )
+    answer = await recv(ws, "rtc.answer")
+    assert answer["from"] == "sfu"
+    await client.accept(answer["sdp"])
+
+
+async def test_call_media_through_the_sfu_stops_when_money_runs_out(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+) -> None:
+    settings = make_settings(
+        media=SFU_ON_LOOPBACK,
+        billing={"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 7},
+    )
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
+    body = {"user_id": "alice", "amount": 28, "idempotency_key": "k"}  # four minutes
+    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
+
+    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
+    assert (await recv(alice_ws, "welcome"))["media"] == "sfu"
+    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+    await recv(bob_ws, "welcome")
+    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+    cid = (await recv(alice_ws, "ack"))["call_id"]
+    await bob_ws.send_json({"type": "call.accept", "call_id": cid})
+    assert (await recv(alice_ws, "call.started"))["media"] == "sfu"
+    await recv(bob_ws, "call.started")
+
+    alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
+    try:
+        await negotiate(alice_ws, alice, cid)
+        await negotiate(bob_ws, bob, cid)
+        await bob_ws.send_json({"type": "rtc.answer", "id": "x", "call_id": cid, "sdp": "v=0"})
+        assert (await recv(bob_ws, "error"))["code"] == "invalid_state"  # the SFU never offers
+
+        def flowing() -> bool:
+            return all(c.frames("video") >= 10 and c.frames("audio") >= 10 for c in (alice, bob))
+
+        await until(flowing, 15, "each client to decode the other's audio and video")
+
+        ended = await recv(alice_ws, "call.ended")
+        assert ended["reason"] == "insufficient_balance"
+        ended_at = time.monotonic()
+        await until(
+            lambda: all(
+                c.ended() or c.pc.connectionState in ("closed", "failed") for c in (alice, bob)
+            ),
+            1.0,
+            "both peer connections to be closed by the server",
+        )
+        assert time.monotonic() - ended_at < 1.0
+        frozen = (alice.frames("video"), bob.frames("video"))
+        await asyncio.sleep(0.5)
+        assert (alice.frames("video"), bob.frames("video")) == frozen  # media really stopped
+    finally:
+        await asyncio.gather(alice.close(), bob.close())

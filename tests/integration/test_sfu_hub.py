@@ -87,3 +87,46 @@ async def test_call_media_through_the_sfu_stops_when_money_runs_out(
         assert (alice.frames("video"), bob.frames("video")) == frozen  # media really stopped
     finally:
         await asyncio.gather(alice.close(), bob.close())
+
+
+async def test_a_party_that_reconnects_renegotiates_and_gets_media_back(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+) -> None:
+    settings = make_settings(media=SFU_ON_LOOPBACK, hub={"peer_lost_grace_s": 10})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
+    body = {"user_id": "alice", "amount": 1000, "idempotency_key": "k"}
+    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
+    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
+    await recv(alice_ws, "welcome")
+    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+    await recv(bob_ws, "welcome")
+    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+    cid = (await recv(alice_ws, "ack"))["call_id"]
+    await bob_ws.send_json({"type": "call.accept", "call_id": cid})
+    await recv(alice_ws, "call.started")
+
+    alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
+    bob_again = LoopbackClient("bob")
+    try:
+        await negotiate(alice_ws, alice, cid)
+        await negotiate(bob_ws, bob, cid)
+        await until(lambda: alice.frames("video") >= 10, 15, "alice to see bob")
+
+        # bob's network drops: socket and peer connection gone; he comes back in time.
+        await bob_ws.close()
+        await bob.close()
+        bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+        welcome = await recv(bob_ws, "welcome")
+        assert welcome["call"]["call_id"] == cid and welcome["call"]["state"] == "active"
+        before = alice.frames("video")
+        await negotiate(bob_ws, bob_again, cid)
+
+        def both_ways() -> bool:
+            return bob_again.frames("video") >= 10 and alice.frames("video") >= before + 10
+
+        await until(both_ways, 15, "media both ways after bob renegotiated")
+        await alice_ws.send_json({"type": "call.end", "call_id": cid})
+        assert (await recv(bob_ws, "call.ended"))["reason"] == "hangup"
+    finally:
+        await asyncio.gather(alice.close(), bob.close(), bob_again.close())

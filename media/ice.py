@@ -28,7 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from aioice import Candidate, Connection
+from aioice import Candidate, Connection, TransportPolicy
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -160,6 +160,10 @@ class _GatherHook:
         addresses: list[str],
         timeout: int = 5,  # noqa: ASYNC109 - aioice's signature, passed through
     ) -> list[Candidate]:
+        if self._connection._transport_policy is TransportPolicy.RELAY:
+            # Relay only (RFC 9429 §3.5.3): no host or server-reflexive candidates of ours,
+            # or media could bypass TURN. aioice passes no addresses for this reason.
+            return await self._original(component=component, addresses=addresses, timeout=timeout)
         chosen = self._policy.select_addresses(addresses)
         if self._policy.port_range is None:
             candidates = await self._original(

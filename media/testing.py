@@ -2,7 +2,8 @@
 
 Nothing here is used on the call path. The client is a plain aiortc peer that sends a
 moving test pattern and a sine tone, decodes whatever it receives, and gathers ICE
-candidates on 127.0.0.1 only with no ICE servers, so it never sends a packet off the host.
+candidates on 127.0.0.1 only with no ICE servers (unless given a configuration, e.g. a local
+TURN), so it never sends a packet off the host.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
-from media.ice import IcePolicy
+from media.ice import IcePolicy, rtc_configuration
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,12 @@ class LoopbackClient:
         width: int = 640,
         height: int = 480,
         video_codec: str = "VP8",
+        configuration: RTCConfiguration | None = None,
     ) -> None:
         self.name = name
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # No ICE servers unless a test passes some (e.g. TURN with iceTransportPolicy relay).
+        config = RTCConfiguration(iceServers=[]) if configuration is None else configuration
+        self.pc = RTCPeerConnection(rtc_configuration(config))
         self.received: dict[str, Reception] = {}
         self.video_source = MovingPatternTrack(width, height) if video else None
         self.audio_source = SineAudioTrack() if audio else None

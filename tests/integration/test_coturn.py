@@ -11,11 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
-import shutil
 import socket
 import struct
-import subprocess
 import time
 import zlib
 from collections.abc import Iterator
@@ -23,16 +20,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from turn.config import render
+from tests.integration.coturn import Coturn, running_coturn
 from turn.credentials import TurnCredential, mint, password_for
-from turn.settings import TurnSettings
 
 pytestmark = pytest.mark.integration
-
-INSTALL_COTURN = (
-    "this test needs coturn (`turnserver` is not on PATH): run `apt-get install -y coturn` "
-    "as root (./scripts/test installs it when run as root)"
-)
 
 MAGIC = 0x2112A442
 BINDING, ALLOCATE, REFRESH, CREATE_PERMISSION = 0x0001, 0x0003, 0x0004, 0x0008
@@ -191,85 +182,10 @@ class TurnClient:
 # --- the coturn under test --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Coturn:
-    settings: TurnSettings
-    address: tuple[str, int]
-    secret: bytes
-
-
-def _free_udp_tcp_port(avoid: range) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            if port in avoid:
-                continue
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-
-
-def _wait_until_listening(proc: subprocess.Popen[bytes], address: tuple[str, int]) -> None:
-    client = TurnClient(address)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"turnserver exited with {proc.returncode}")
-            client.sock.sendto(encode(BINDING, os.urandom(12), []), address)
-            client.sock.settimeout(0.1)
-            try:
-                client.sock.recvfrom(4096)
-                return
-            except (TimeoutError, ConnectionRefusedError):
-                continue
-        raise AssertionError(f"turnserver did not answer STUN on {address} within 10 s")
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    binary = shutil.which("turnserver")
-    if binary is None:
-        pytest.fail(INSTALL_COTURN)
-    tmp = tmp_path_factory.mktemp("coturn")
-    relay = range(49160, 49201)
-    secret = secrets.token_urlsafe(32)
-    settings = TurnSettings(
-        secret=secret,
-        listening_port=_free_udp_tcp_port(avoid=relay),
-        min_port=relay.start,
-        max_port=relay.stop - 1,
-        allow_loopback_peers=True,
-    )
-    conf = tmp / "turnserver.conf"
-    # Production peer rules (denied private/loopback ranges) with the tests-only loopback hole;
-    # the pid file goes to tmp so we never touch a system coturn's.
-    conf.write_text(render(settings, production=True) + f"pidfile={tmp / 'turnserver.pid'}\n")
-    log_path = tmp / "turnserver.log"
-    address = (settings.listening_ip, settings.listening_port)
-    command = [binary, "-c", str(conf)]
-    assert "-n" not in command
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        try:
-            _wait_until_listening(proc, address)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; log:\n{log_path.read_text()[-3000:]}") from exc
-        yield Coturn(settings, address, secret.encode())
-    finally:
-        proc.terminate()  # only the process this fixture started
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_coturn(tmp_path_factory.mktemp("coturn")) as server:
+        yield server
 
 
 @pytest.fixture

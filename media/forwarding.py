@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.rtp_hooks import EncodedFrame
+from media.rtp_hooks import EncodedFrame, EncodedFrameSink
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,12 @@ class SubscriptionStats:
 
 
 class Publication:
-    """One incoming encoded stream and the forwarding tracks subscribed to it."""
+    """One incoming encoded stream, the forwarding tracks subscribed to it and its taps.
+
+    A tap (the call recorder) is one more consumer of every frame, called on the event loop
+    after the subscribers; it must never block (media/recording.py only queues the frame)
+    and its exceptions are logged, never raised into the receive path.
+    """
 
     def __init__(
         self,
@@ -84,6 +89,7 @@ class Publication:
         self._interval = keyframe_interval_s
         self._clock = clock
         self._subscribers: list[ForwardingTrack] = []
+        self._taps: list[EncodedFrameSink] = []
         self._keyframe_wanted = False
         self._last_pli: float | None = None
         self._closed = False
@@ -107,11 +113,16 @@ class Publication:
             self._keyframe_wanted = False
         elif self._keyframe_wanted:
             self._maybe_send_pli()
-        if not self._subscribers:
+        if self._subscribers:
+            for track in self._subscribers:
+                track.push(frame)
+        else:
             self._unsubscribed += 1
-            return
-        for track in self._subscribers:
-            track.push(frame)
+        for tap in self._taps:
+            try:
+                tap(frame)
+            except Exception:
+                log.exception("media: a %s frame tap failed", self.kind)
 
     def subscribe(self, track: ForwardingTrack) -> None:
         if track in self._subscribers or self._closed:
@@ -126,6 +137,15 @@ class Publication:
         if track in self._subscribers:
             self._subscribers.remove(track)
             track._detached(self)
+
+    def add_tap(self, sink: EncodedFrameSink) -> None:
+        """Also hand every frame from now on to ``sink`` (until ``remove_tap`` or close)."""
+        if not self._closed and sink not in self._taps:
+            self._taps.append(sink)
+
+    def remove_tap(self, sink: EncodedFrameSink) -> None:
+        if sink in self._taps:
+            self._taps.remove(sink)
 
     def request_keyframe(self) -> None:
         """A subscriber needs a keyframe: PLI the publisher, at most once per interval.
@@ -142,6 +162,7 @@ class Publication:
 
     def close(self) -> None:
         self._closed = True
+        self._taps.clear()
         for track in list(self._subscribers):
             self.unsubscribe(track)
 

@@ -51,6 +51,19 @@ class MediaSettings(BaseModel):
     recording: RecordingPolicy = Field(
         "off", description="off; opt_in: calls that ask to be recorded; always: every call"
     )
+    record_queue_frames: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description="bound of a call recorder's queue to its muxing thread, in encoded frames",
+    )
+    record_start_wait_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="how long a party's recording waits for its first video keyframe "
+        "(frame size, codec parameters) before writing the file header without it",
+    )
 
     @field_validator("host_addresses")
     @classmethod

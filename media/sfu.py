@@ -2,6 +2,8 @@
 
 Sans hub: the hub calls ``answer`` with each party's SDP offer, relays the answer back,
 passes trickled candidates to ``add_candidate`` and ends media with ``close_call``.
+``answer(..., record=True)`` also records the call (media/recording.py): the hub decides,
+from ``media.recording`` and the parties' consent.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiortc import RTCConfiguration
 
@@ -17,6 +20,7 @@ from media.errors import CallClosed, CallFull, NotSupported, SfuClosed, UnknownL
 from media.forwarding import Clock, MonotonicClock
 from media.ice import IcePolicy, rtc_configuration
 from media.leg import Leg, LegStats, StateCallback
+from media.recording import CallRecorder, Recording, RecordingStats, scan_recordings
 from media.rtp_hooks import check_aiortc_internals
 from media.settings import MediaSettings
 
@@ -24,12 +28,15 @@ log = logging.getLogger(__name__)
 
 MAX_PARTIES = 2
 CLOSE_TIMEOUT_S = 1.0
+RECORDING_CLOSE_TIMEOUT_S = 10.0
+"""close_call waits this long for a recording's files to be closed, then lets it finish."""
 
 
 @dataclass(frozen=True, slots=True)
 class CallStats:
     call_id: str
     legs: dict[str, LegStats]
+    recording: RecordingStats | None = None
 
 
 class CallMedia:
@@ -40,12 +47,15 @@ class CallMedia:
         self.legs: dict[str, Leg] = {}
         self.closed = False
         self.lock = asyncio.Lock()
+        self.recorder: CallRecorder | None = None
 
     def other(self, party: str) -> Leg | None:
         return next((leg for p, leg in self.legs.items() if p != party), None)
 
     def stats(self) -> CallStats:
-        return CallStats(self.call_id, {p: leg.stats() for p, leg in self.legs.items()})
+        legs = {p: leg.stats() for p, leg in self.legs.items()}
+        recording = self.recorder.stats() if self.recorder is not None else None
+        return CallStats(self.call_id, legs, recording)
 
     def wire(self) -> None:
         """Subscribe each leg's forwarding tracks to the other leg's matching publications.
@@ -82,8 +92,6 @@ class Sfu:
         on_connection_state: StateCallback | None = None,
     ) -> None:
         check_aiortc_internals()
-        if settings.recording != "off":
-            raise NotSupported("recording is not implemented yet: media.recording must be off")
         self.settings = settings
         self._configuration = rtc_configuration(configuration)
         self._ice_policy = IcePolicy.from_settings(settings)
@@ -92,6 +100,8 @@ class Sfu:
         self._calls: dict[str, CallMedia] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._closed = False
+        self._recorded: dict[Path, Recording] = {}
+        self._recording_dirs: set[Path] = set()
 
     def call(self, call_id: str) -> CallMedia | None:
         return self._calls.get(call_id)
@@ -100,15 +110,22 @@ class Sfu:
     def call_ids(self) -> frozenset[str]:
         return frozenset(self._calls)
 
-    async def answer(self, call_id: str, party: str, offer_sdp: str) -> str:
+    async def answer(
+        self, call_id: str, party: str, offer_sdp: str, *, record: bool = False
+    ) -> str:
         """Answer ``party``'s offer in ``call_id``; returns the answer SDP.
 
         A second offer from the same party (a reconnect) replaces its peer connection; the
         other party's forwarding switches to the new one without renegotiation.
-        Raises ``NegotiationError``, ``CallFull``, ``CallClosed`` or ``SfuClosed``.
+        ``record=True`` starts recording the call (both parties, from now until
+        ``close_call``) unless it already is; ``record=False`` never stops a recording.
+        Raises ``NegotiationError``, ``CallFull``, ``CallClosed``, ``SfuClosed``, or
+        ``NotSupported`` for ``record=True`` when ``media.recording`` is off.
         """
         if self._closed:
             raise SfuClosed("the SFU is closed")
+        if record and (self.settings.recording == "off" or self.settings.record_dir is None):
+            raise NotSupported("recording is off (media.recording)")
         call = self._calls.get(call_id)
         if call is None:
             call = self._calls[call_id] = CallMedia(call_id)
@@ -137,6 +154,10 @@ class Sfu:
             previous = call.legs.get(party)
             call.legs[party] = leg
             call.wire()
+            if call.recorder is not None:
+                call.recorder.attach(party, leg.publications)
+            elif record:
+                self._start_recording(call)
             if previous is not None:
                 log.info("media: %s/%s re-offered: replacing its peer connection", call_id, party)
                 self._background(previous.close())
@@ -165,6 +186,8 @@ class Sfu:
         call.closed = True
         legs = list(call.legs.values())
         await self._close_legs(legs)
+        if call.recorder is not None:
+            await self._finish_recording(call.recorder)
 
     async def close(self) -> None:
         """Close every call; no new offers are answered afterwards."""
@@ -173,6 +196,35 @@ class Sfu:
         await asyncio.gather(*(self.close_call(c) for c in calls))
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def start_recording(self, call_id: str) -> bool:
+        """Record ``call_id`` from now on (both parties), e.g. once both consented mid-call.
+
+        False if the call has no media (yet); idempotent. Raises ``NotSupported`` when
+        ``media.recording`` is off.
+        """
+        if self.settings.recording == "off" or self.settings.record_dir is None:
+            raise NotSupported("recording is off (media.recording)")
+        call = self._calls.get(call_id)
+        if call is None or self._closed:
+            return False
+        async with call.lock:
+            if call.closed:
+                return False
+            if call.recorder is None:
+                self._start_recording(call)
+        return True
+
+    async def recordings(self) -> list[Recording]:
+        """Finished recording files under ``media.record_dir`` (one per party of a call),
+        also those of earlier processes (``duration_s`` None) and failed or unfinished ones
+        (``complete`` False). Files still being written are left out."""
+        record_dir = self.settings.record_dir
+        if record_dir is None:
+            return []
+        return await asyncio.to_thread(
+            scan_recordings, record_dir, dict(self._recorded), set(self._recording_dirs)
+        )
 
     def stats(self, call_id: str) -> CallStats | None:
         call = self._calls.get(call_id)
@@ -191,6 +243,44 @@ class Sfu:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.warning("media: closing a peer connection failed: %r", task.exception())
+
+    def _start_recording(self, call: CallMedia) -> None:
+        record_dir = self.settings.record_dir
+        assert record_dir is not None  # answer checked
+        recorder = CallRecorder(
+            call.call_id,
+            record_dir,
+            video_codec=self.settings.video_codec,
+            clock=self._clock,
+            capacity=self.settings.record_queue_frames,
+            start_wait_s=self.settings.record_start_wait_s,
+        )
+        call.recorder = recorder
+        self._recording_dirs.add(recorder.call_directory)
+        for party, leg in call.legs.items():
+            recorder.attach(party, leg.publications)
+        log.info("media: recording call %s in %s", call.call_id, recorder.call_directory)
+
+    async def _finish_recording(self, recorder: CallRecorder) -> None:
+        async def finish() -> None:
+            try:
+                for recording in await recorder.close():
+                    self._recorded[recording.path] = recording
+            except Exception:
+                log.exception("media: recording of call %s failed", recorder.call_id)
+            finally:
+                self._recording_dirs.discard(recorder.call_directory)
+
+        task = asyncio.ensure_future(finish())
+        done, _ = await asyncio.wait({task}, timeout=RECORDING_CLOSE_TIMEOUT_S)
+        if not done:
+            log.warning(
+                "media: closing the recording of call %s takes over %ss",
+                recorder.call_id,
+                RECORDING_CLOSE_TIMEOUT_S,
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import cast
 
 import pytest
 from aiortc import RTCConfiguration
 
-from media.errors import NegotiationError, NotSupported, SfuClosed, UnknownLeg
+from media.errors import NegotiationError, SfuClosed, UnknownLeg
 from media.forwarding import ForwardingTrack, MonotonicClock, Publication
 from media.leg import Leg, Slot
 from media.settings import MediaSettings
@@ -20,12 +19,6 @@ NO_ICE = RTCConfiguration(iceServers=[])
 def test_ice_servers_must_be_explicit() -> None:
     with pytest.raises(ValueError, match="iceServers"):
         Sfu(MediaSettings(), RTCConfiguration())
-
-
-def test_recording_is_refused_until_implemented(tmp_path: Path) -> None:
-    settings = MediaSettings(recording="always", record_dir=tmp_path)
-    with pytest.raises(NotSupported):
-        Sfu(settings, NO_ICE)
 
 
 async def test_error_paths_leave_no_call_behind() -> None:

@@ -35,7 +35,7 @@ from .chat_mongo import MongoChat
 from .chat_service import CHAT, ChatService
 from .clock import Clock, SystemClock
 from .errors import ConfigError
-from .http_api import BILLING_SETTINGS, LEDGER, add_routes
+from .http_api import BILLING_SETTINGS, LEDGER, SFU, add_routes
 from .hub import CallHooks, Hub
 from .money import Gifts, HubBillingEvents, LedgerHooks
 from .presence import MemoryPresence, MemoryWorld, PresenceStore
@@ -171,10 +171,13 @@ def _hub_context(
             hooks=hooks or ledger_hooks,
             router=router,
             media_server=sfu,
+            record_policy=settings.media.recording,
             turn=settings.turn,
             logger=logging.getLogger("jalwa.hub"),
         )
         app[HUB] = hub
+        if sfu is not None:
+            app[SFU] = sfu
         chat = ChatService(app[CHAT_STORE], hub, settings.chat, clock)
         chat.install()
         Gifts(app[LEDGER], settings.billing, hub).install()

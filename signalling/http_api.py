@@ -17,6 +17,7 @@ from billing import receipts
 from billing.errors import BillingError
 from billing.ledger import Gift, Ledger, WithdrawalState
 from billing.settings import BillingSettings
+from media.sfu import Sfu
 
 from .auth import Identity, Role, TokenVerifier
 from .chat import Cursor
@@ -27,6 +28,7 @@ from .protocol import EndReason
 from .ws import HUB, VERIFIER, bearer_token
 
 LEDGER = web.AppKey("ledger", Ledger)
+SFU = web.AppKey("sfu", Sfu)
 BILLING_SETTINGS = web.AppKey("billing_settings", BillingSettings)
 SIGNATURE_HEADER = "X-Jalwa-Signature"
 MAX_PAGE = 100
@@ -281,6 +283,43 @@ async def admin_end_call(request: web.Request, who: Identity) -> web.StreamRespo
     return _json({"ended": request.match_info["call_id"]})
 
 
+# --- recordings ---------------------------------------------------------------------------
+
+
+@authed(Role.ADMIN)
+async def admin_recordings(request: web.Request, who: Identity) -> web.StreamResponse:
+    sfu = request.app.get(SFU)
+    items = await sfu.recordings() if sfu is not None else []
+    return _json(
+        {
+            "recordings": [
+                {
+                    "call_id": r.call_id,
+                    "party": r.party,
+                    "file": r.path.name,
+                    "size_bytes": r.size_bytes,
+                    "duration_s": r.duration_s,
+                    "complete": r.complete,
+                }
+                for r in items
+            ]
+        }
+    )
+
+
+@authed(Role.ADMIN)
+async def admin_recording_file(request: web.Request, who: Identity) -> web.StreamResponse:
+    sfu = request.app.get(SFU)
+    call_id, party = request.match_info["call_id"], request.match_info["party"]
+    # Only a file the SFU lists is served: no path from the request reaches the disk.
+    for rec in await sfu.recordings() if sfu is not None else []:
+        if rec.call_id == call_id and rec.party == party and rec.complete:
+            return web.FileResponse(
+                rec.path, headers={"Content-Disposition": f'attachment; filename="{rec.path.name}"'}
+            )
+    return _error(404, "not_found", "no finished recording of that call and party")
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/wallet", get_wallet)
@@ -299,3 +338,5 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/withdrawals/{wid}/approve", _decide(True))
     r.add_post("/v1/admin/withdrawals/{wid}/reject", _decide(False))
     r.add_post("/v1/admin/calls/{call_id}/end", admin_end_call)
+    r.add_get("/v1/admin/recordings", admin_recordings)
+    r.add_get("/v1/admin/recordings/{call_id}/{party}", admin_recording_file)

@@ -108,7 +108,9 @@ class CallHooks(Protocol):
 class MediaServer(Protocol):
     """The SFU as the hub uses it (media/sfu.py); errors are media.errors.MediaError."""
 
-    async def answer(self, call_id: str, party: str, offer_sdp: str) -> str: ...
+    async def answer(
+        self, call_id: str, party: str, offer_sdp: str, *, record: bool = False
+    ) -> str: ...
 
     async def add_candidate(
         self,
@@ -153,6 +155,7 @@ class Hub:
         hooks: CallHooks,
         router: Router | None = None,
         media_server: MediaServer | None = None,
+        record_policy: str = "off",
         turn: TurnSettings | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -160,6 +163,7 @@ class Hub:
         # With a media server the call's media goes through it (sfu); otherwise the hub only
         # relays SDP/ICE between the parties (p2p) and cannot stop media itself.
         self._sfu = media_server
+        self._record_policy = record_policy  # media.recording: off, opt_in or always
         self._router: Router = router or LocalRouter()
         self._settings = settings
         self._presence = presence
@@ -562,7 +566,9 @@ class Hub:
         """§5.5: each party negotiates one peer connection with the server."""
         try:
             if isinstance(msg, RtcOffer):
-                answer = await sfu.answer(call.call_id, session.user_id, msg.sdp)
+                answer = await sfu.answer(
+                    call.call_id, session.user_id, msg.sdp, record=self._records(call)
+                )
                 if call.state is not CallState.ACTIVE:
                     await sfu.close_call(call.call_id)  # ended while we negotiated
                     raise CallError(f"call {call.call_id} has ended", code=ErrorCode.INVALID_STATE)
@@ -585,6 +591,12 @@ class Hub:
         except MediaError as exc:
             raise JalwaError(str(exc), code=ErrorCode.MEDIA_FAILED) from exc
         return DONE
+
+    def _records(self, call: Call) -> bool:
+        """Record this call? Always, never, or when both parties asked (opt_in)."""
+        if self._record_policy == "always":
+            return True
+        return self._record_policy == "opt_in" and call.record
 
     async def _run(self, effects: Iterable[Effect]) -> None:
         for effect in effects:

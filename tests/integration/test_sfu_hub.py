@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 from aiohttp.test_utils import TestClient
 
 from media.testing import LoopbackClient
@@ -130,3 +132,60 @@ async def test_a_party_that_reconnects_renegotiates_and_gets_media_back(
         assert (await recv(bob_ws, "call.ended"))["reason"] == "hangup"
     finally:
         await asyncio.gather(alice.close(), bob.close(), bob_again.close())
+
+
+async def test_a_consented_call_is_recorded_and_downloadable(
+    aiohttp_client: AiohttpClient,
+    make_settings: MakeSettings,
+    token_for: MakeToken,
+    tmp_path: Path,
+) -> None:
+    media = {**SFU_ON_LOOPBACK, "recording": "opt_in", "record_dir": str(tmp_path / "rec")}
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings(media=media)))
+    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
+    body = {"user_id": "alice", "amount": 1000, "idempotency_key": "k"}
+    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
+    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
+    await recv(alice_ws, "welcome")
+    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+    await recv(bob_ws, "welcome")
+    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob", "record": True})
+    cid = (await recv(alice_ws, "ack"))["call_id"]
+    await bob_ws.send_json({"type": "call.accept", "call_id": cid, "record": True})
+    assert (await recv(alice_ws, "call.started"))["record"] is True
+    started = time.monotonic()
+
+    alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
+    try:
+        await negotiate(alice_ws, alice, cid)
+        await negotiate(bob_ws, bob, cid)
+        await until(lambda: alice.frames("video") >= 10 and bob.frames("video") >= 10, 15, "media")
+        await asyncio.sleep(2.0)
+        await alice_ws.send_json({"type": "call.end", "call_id": cid})
+        await recv(alice_ws, "call.ended")
+        call_s = time.monotonic() - started
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+
+    listing: dict[str, Any] = {}
+    for _ in range(50):  # the files are closed off the event loop right after the call
+        listing = await (await client.get("/v1/admin/recordings", headers=admin)).json()
+        if len([r for r in listing["recordings"] if r["complete"]]) == 2:
+            break
+        await asyncio.sleep(0.2)
+    recs = {r["party"]: r for r in listing["recordings"] if r["call_id"] == cid}
+    assert set(recs) == {"alice", "bob"} and all(r["complete"] for r in recs.values())
+    user = {"Authorization": "Bearer " + token_for("alice")}
+    assert (await client.get("/v1/admin/recordings", headers=user)).status == 403
+    resp = await client.get(f"/v1/admin/recordings/{cid}/alice", headers=admin)
+    assert resp.status == 200
+    path = tmp_path / "download.webm"
+    path.write_bytes(await resp.read())
+    with av.open(str(path)) as container:
+        kinds = {s.type for s in container.streams}
+        assert kinds == {"audio", "video"}
+        duration = float(container.duration or 0) / av.time_base
+    # The recording spans the call (from alice's first packet, a moment after call.started,
+    # to the end): within a second of the call's duration.
+    assert abs(duration - call_s) <= 1.0, (duration, call_s)
+    assert (await client.get(f"/v1/admin/recordings/{cid}/carol", headers=admin)).status == 404

@@ -183,9 +183,11 @@ class Ledger(Protocol):
         next minute cannot be paid. A call more than one minute behind gets one minute per
         round, so a slow round never skips or double-charges a minute."""
 
-    async def touch_calls(self, call_ids: Sequence[str]) -> None:
+    async def touch_calls(self, call_ids: Sequence[str]) -> dict[str, str]:
         """The node running these calls is alive. An active call not touched for
-        ``orphan_after_s`` is ended by ``bill_due`` with reason peer_lost, uncharged."""
+        ``orphan_after_s`` is ended by ``bill_due`` with reason peer_lost, uncharged.
+        Returns the given calls the ledger has already ended, with their end reasons, so
+        the node ends them too even if it missed the news."""
 
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         """End the call (idempotent: closing an ended call returns its totals).

@@ -314,12 +314,18 @@ class MemoryLedger:
         call.end_reason = reason
         del self._active[call.call_id]
 
-    async def touch_calls(self, call_ids: Sequence[str]) -> None:
+    async def touch_calls(self, call_ids: Sequence[str]) -> dict[str, str]:
         now = self._now()
+        ended: dict[str, str] = {}
         for call_id in call_ids:
-            call = self._active.get(call_id)
-            if call is not None:
+            call = self._calls.get(call_id)
+            if call is None:
+                continue
+            if call.state == "active":
                 call.seen_at = now
+            else:
+                ended[call_id] = call.end_reason or ""
+        return ended
 
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         call = self._calls.get(call_id)

@@ -519,13 +519,21 @@ class PgLedger:
         ]
         return BillingRound(ticks, stops)
 
-    async def touch_calls(self, call_ids: Sequence[str]) -> None:
-        if call_ids:
-            await self._pool.execute(
+    async def touch_calls(self, call_ids: Sequence[str]) -> dict[str, str]:
+        if not call_ids:
+            return {}
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
                 "UPDATE calls SET seen_at = now() WHERE call_id = ANY($1::text[])"
                 " AND state = 'active'",
                 list(call_ids),
             )
+            ended = await conn.fetch(
+                "SELECT call_id, end_reason FROM calls WHERE call_id = ANY($1::text[])"
+                " AND state = 'ended'",
+                list(call_ids),
+            )
+        return {row["call_id"]: row["end_reason"] or "" for row in ended}
 
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         async with self._pool.acquire() as conn, conn.transaction():

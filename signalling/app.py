@@ -273,7 +273,7 @@ async def _dev_token(request: web.Request) -> web.Response:
     if role not in {Role.CALLER.value, Role.HOST.value}:
         raise web.HTTPBadRequest(text="role must be caller or host")
     credit = request.query.get("credit", "0")
-    if not credit.isdigit() or int(credit) > DEV_CREDIT_MAX:
+    if not (credit.isascii() and credit.isdigit()) or int(credit) > DEV_CREDIT_MAX:
         raise web.HTTPBadRequest(text=f"credit must be 0..{DEV_CREDIT_MAX} coins")
     try:
         token = mint_token(

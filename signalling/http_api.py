@@ -134,7 +134,7 @@ async def get_wallet(request: web.Request, who: Identity) -> web.StreamResponse:
 @authed()
 async def get_entries(request: web.Request, who: Identity) -> web.StreamResponse:
     limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
-    before = _int_query(request, "before", None)
+    before = _int_query(request, "before", None, 2**62)
     entries = await request.app[LEDGER].entries(who.user_id, limit=limit, before=before)
     nxt = entries[-1].id if len(entries) == limit else None
     return _json({"entries": [asdict(e) for e in entries], "next_before": nxt})

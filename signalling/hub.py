@@ -247,9 +247,13 @@ class Hub:
         try:
             await self._publish(session)
         except Exception:
-            # The store is away: do not keep a session nobody will clean up (ws closes 1013).
+            # The store is away: do not keep a session nobody will clean up (ws closes 1013),
+            # and put the user's call back on its grace timer (party_back cancelled it), or
+            # it would run, and be billed, with nobody there.
             if self.sessions.get(identity.user_id) is session:
                 del self.sessions[identity.user_id]
+                now = self._clock.monotonic()
+                await self._run(self.calls.party_lost(identity.user_id, now=now))
             raise
         for callback in self._on_connect:
             try:
@@ -272,10 +276,14 @@ class Hub:
         del self.sessions[uid]
         self._shown.pop(uid, None)
         await self._run(self.calls.party_lost(uid, now=self._clock.monotonic()))
+        cleared = False
         try:
-            await self._presence.clear(uid, session.session_id)
+            cleared = await self._presence.clear(uid, session.session_id)
         finally:
-            await self._announce(uid, "offline")
+            # A record that is not ours any more belongs to a newer session (maybe on another
+            # node): then the user is not offline.
+            if cleared or uid not in await self._presence.get_many([uid]):
+                await self._announce(uid, "offline")
 
     async def handle_frame(self, session: Session, frame: str | bytes) -> None:
         """One client frame in; replies go to ``session``'s queue (§2, §6)."""
@@ -348,16 +356,17 @@ class Hub:
         await self._router.to_node(record.node_id, frame)
         return True
 
-    async def end_call_anywhere(self, call_id: str, reason: EndReason, party: str) -> bool:
-        """End a call here, or on the node of ``party`` (the node that runs the call)."""
+    async def end_call_anywhere(self, call_id: str, reason: EndReason, *parties: str) -> bool:
+        """End a call here, or on the node of one of its ``parties`` (the node that runs it;
+        a party in its grace period has no presence, so every party is tried)."""
         if await self.end_call(call_id, reason):
             return True
-        record = (await self._presence.get_many([party])).get(party)
-        if record is None or record.node_id == self._presence.node_id:
-            return False
+        records = await self._presence.get_many(parties)
+        nodes = {r.node_id for r in records.values()} - {self._presence.node_id}
         message = NodeMessage("end_call", call_id=call_id, reason=reason.value)
-        await self._router.to_node(record.node_id, message)
-        return True
+        for node in nodes:
+            await self._router.to_node(node, message)
+        return bool(nodes)
 
     async def start_routing(self) -> None:
         await self._router.start(self._from_other_node)

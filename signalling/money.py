@@ -123,6 +123,9 @@ class LedgerHooks:
         log.error("call %s could not be closed in the ledger; `jalwa ledger check`", call_id)
 
     async def aclose(self) -> None:
+        # Calls closed at shutdown must reach the ledger: give the retries a few seconds.
+        if self._retries:
+            await asyncio.wait(list(self._retries), timeout=5)
         for task in list(self._retries):
             task.cancel()
 
@@ -202,9 +205,18 @@ class HubBillingEvents:
 
     async def out_of_money(self, stop: Stop) -> None:
         # Any node's loop may bill the call; the call itself runs on its parties' node.
-        await self._hub.end_call_anywhere(stop.call_id, EndReason(stop.reason), stop.payer)
+        await self._hub.end_call_anywhere(
+            stop.call_id, EndReason(stop.reason), stop.payer, stop.host
+        )
 
     async def keep_calls_alive(self, ledger: Ledger) -> None:
         """Tell the ledger this node still runs its calls (see BillingSettings.orphan_after_s)."""
         active = [c.call_id for c in self._hub.calls.active_calls() if c.answered_at is not None]
-        await ledger.touch_calls(active)
+        # Calls the ledger ended (out of money, found orphaned) that this node missed hearing
+        # about (pub/sub is at-most-once; the payer may have been between connections).
+        for call_id, reason in (await ledger.touch_calls(active)).items():
+            try:
+                end_reason = EndReason(reason)
+            except ValueError:
+                end_reason = EndReason.INSUFFICIENT_BALANCE
+            await self._hub.end_call(call_id, end_reason)

@@ -63,10 +63,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 if session.closing:
                     break
     finally:
-        await hub.disconnect(session)
-        session.close(CloseCode.NORMAL, "")
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
+        try:
+            await hub.disconnect(session)
+        finally:
+            # Even if the store failed during disconnect: stop the writer, free the socket.
+            session.close(CloseCode.NORMAL, "")
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
     return ws
 
 

@@ -880,3 +880,13 @@ async def test_a_retry_racing_its_original_gets_the_original_result(books: Books
         *(books.ledger.open_call(terms("c1", "fan", "host", 7)) for _ in range(2))
     )
     assert opened[0] == opened[1] and opened[0].balance == 0
+
+
+async def test_touch_reports_calls_the_ledger_already_ended(books: Books) -> None:
+    await funded(books, "p1", 7)
+    await books.ledger.open_call(terms("c1", "p1", "h1", rate=7))
+    assert await books.ledger.touch_calls(["c1", "unknown"]) == {}
+    await books.advance(MINUTE + 1)
+    [stop] = (await books.ledger.bill_due(10)).stopped  # out of money
+    assert stop.call_id == "c1"
+    assert await books.ledger.touch_calls(["c1"]) == {"c1": "insufficient_balance"}

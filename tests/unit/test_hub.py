@@ -356,3 +356,38 @@ async def test_connect_with_store_down_leaves_no_session(env: Env) -> None:
     with pytest.raises(ConnectionError):
         await env.hub.connect(ALICE)
     assert "alice" not in env.hub.sessions
+
+
+async def test_reconnect_hitting_a_store_failure_keeps_the_grace_timer(env: Env) -> None:
+    alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
+    await env.send(alice, type="call.invite", id="1", to="bob")
+    cid = of_type(alice, "ack")[0]["call_id"]
+    await env.send(bob, type="call.accept", call_id=cid)
+    await env.hub.disconnect(alice)
+    real_set = env.presence.set
+
+    async def broken(*_: object) -> None:
+        raise ConnectionError("redis went away")
+
+    env.presence.set = broken  # type: ignore[method-assign,assignment]
+    with pytest.raises(ConnectionError):
+        await env.hub.connect(ALICE)  # came back, but could not be registered
+    env.presence.set = real_set  # type: ignore[method-assign]
+    env.clock.advance(16)
+    await env.hub.tick()
+    assert [f["reason"] for f in of_type(bob, "call.ended")] == ["peer_lost"]
+    assert env.hooks.ended == [(cid, "peer_lost")]
+
+
+async def test_an_old_sessions_disconnect_does_not_announce_a_user_online_elsewhere() -> None:
+    env = Env()
+    other_node = MemoryPresence(env.world, "n2", ttl_s=15, node_ttl_s=10)
+    hub2 = Hub(settings=HubSettings(), presence=other_node, clock=env.clock, hooks=FreeCalls())
+    bob = await env.hub.connect(BOB)
+    await env.send(bob, type="presence.watch", user_ids=["alice"])
+    old = await env.hub.connect(ALICE)
+    frames(bob)
+    await hub2.connect(ALICE)  # alice moved to node n2 before n1 heard of it
+    await env.hub.disconnect(old)  # her old socket on n1 drops
+    assert of_type(bob, "presence.changed") == []
+    assert "alice" in await env.presence.get_many(["alice"])

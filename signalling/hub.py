@@ -255,6 +255,11 @@ class Hub:
                 now = self._clock.monotonic()
                 await self._run(self.calls.party_lost(identity.user_id, now=now))
             raise
+        current = self.sessions.get(identity.user_id)
+        if current is not session and current is not None:
+            # A newer connect of this user overtook ours while we were publishing: its
+            # record must be the one that stays, or presence would name a closed session.
+            await self._publish(current)
         for callback in self._on_connect:
             try:
                 await callback(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -11,7 +12,7 @@ from signalling.auth import Identity, Role
 from signalling.calls import Call
 from signalling.clock import ManualClock
 from signalling.hub import CallRefused, EndFigures, FreeCalls, Hub, StartTerms
-from signalling.presence import MemoryPresence, MemoryWorld
+from signalling.presence import MemoryPresence, MemoryWorld, PresenceRecord
 from signalling.protocol import CloseCode, EndReason
 from signalling.session import Session
 from signalling.settings import HubSettings
@@ -391,3 +392,27 @@ async def test_an_old_sessions_disconnect_does_not_announce_a_user_online_elsewh
     await env.hub.disconnect(old)  # her old socket on n1 drops
     assert of_type(bob, "presence.changed") == []
     assert "alice" in await env.presence.get_many(["alice"])
+
+
+async def test_two_racing_connects_leave_the_newer_sessions_record() -> None:
+    env = Env()
+    real_set = env.presence.set
+    first_may_finish = asyncio.Event()
+    calls = 0
+
+    async def slow_first(record: PresenceRecord) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first connect's write lands last
+            await first_may_finish.wait()
+        await real_set(record)
+
+    env.presence.set = slow_first  # type: ignore[method-assign]
+    first = asyncio.create_task(env.hub.connect(ALICE))
+    await asyncio.sleep(0)
+    second = await env.hub.connect(ALICE)
+    first_may_finish.set()
+    older = await first
+    assert older.close_code is CloseCode.REPLACED
+    record = (await env.presence.get_many(["alice"]))["alice"]
+    assert record.session_id == second.session_id

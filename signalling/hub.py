@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import msgspec
-
 from media.errors import MediaError, UnknownLeg
 from turn.credentials import ice_servers as turn_ice_servers
 from turn.settings import TurnSettings
@@ -64,6 +62,7 @@ from .protocol import (
     Welcome,
     decode,
     encode,
+    peek_id,
 )
 from .router import LocalRouter, NodeMessage, Router
 from .session import Session
@@ -299,7 +298,7 @@ class Hub:
             if session.rate_strikes >= self._settings.flood_close_after:
                 session.close(CloseCode.POLICY, "rate limit exceeded")
             else:
-                self._error(session, ErrorCode.RATE_LIMITED, "slow down", _peek_id(frame))
+                self._error(session, ErrorCode.RATE_LIMITED, "slow down", peek_id(frame))
             return
         session.rate_strikes = 0
         if isinstance(frame, bytes):
@@ -350,15 +349,20 @@ class Hub:
         session.send(message)
         return True
 
-    async def deliver_anywhere(self, user_id: str, message: ServerMessage) -> bool:
-        """Send to the user's session on whichever node holds it; False if offline."""
-        if self.deliver(user_id, message):
+    async def deliver_anywhere(self, user_id: str, *messages: ServerMessage) -> bool:
+        """Send to the user's session on whichever node holds it, in order; False if
+        offline. Several messages for one user cost one presence look-up."""
+        session = self.sessions.get(user_id)
+        if session is not None:
+            for message in messages:
+                session.send(message)
             return True
         record = (await self._presence.get_many([user_id])).get(user_id)
         if record is None or record.node_id == self._presence.node_id:
             return False
-        frame = NodeMessage("frame", user_id=user_id, frame=encode(message))
-        await self._router.to_node(record.node_id, frame)
+        for message in messages:
+            frame = NodeMessage("frame", user_id=user_id, frame=encode(message))
+            await self._router.to_node(record.node_id, frame)
         return True
 
     async def end_call_anywhere(self, call_id: str, reason: EndReason, *parties: str) -> bool:
@@ -615,9 +619,7 @@ class Hub:
     async def _run(self, effects: Iterable[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Deliver):
-                target = self.sessions.get(effect.user_id)
-                if target is not None:
-                    target.send(effect.message)
+                self.deliver(effect.user_id, effect.message)
             elif isinstance(effect, Started):
                 await self._started(effect.call)
             elif isinstance(effect, Ended):
@@ -638,18 +640,17 @@ class Hub:
         if call.state is not CallState.ACTIVE:
             return  # ended while the hook ran; call.ended has been sent
         for uid in call.parties():
-            target = self.sessions.get(uid)
-            if target is not None:
-                target.send(
-                    CallStarted(
-                        call_id=call.call_id,
-                        peer=user_info(call.peer_of(uid)),
-                        media=self._media,
-                        rate=terms.rate,
-                        balance=terms.balance if uid == call.payer.user_id else None,
-                        record=call.record,
-                    )
-                )
+            self.deliver(
+                uid,
+                CallStarted(
+                    call_id=call.call_id,
+                    peer=user_info(call.peer_of(uid)),
+                    media=self._media,
+                    rate=terms.rate,
+                    balance=terms.balance if uid == call.payer.user_id else None,
+                    record=call.record,
+                ),
+            )
 
     async def _ended(self, call: Call) -> None:
         if self._sfu is not None:
@@ -662,17 +663,14 @@ class Hub:
         except Exception:
             self._log.exception("call_ended hook failed for %s", call.call_id)
             figures = EndFigures()
+        ended = CallEnded(
+            call_id=call.call_id,
+            reason=call.end_reason or EndReason.HANGUP,
+            minutes=figures.minutes,
+            coins=figures.coins,
+        )
         for uid in call.parties():
-            target = self.sessions.get(uid)
-            if target is not None:
-                target.send(
-                    CallEnded(
-                        call_id=call.call_id,
-                        reason=call.end_reason or EndReason.HANGUP,
-                        minutes=figures.minutes,
-                        coins=figures.coins,
-                    )
-                )
+            self.deliver(uid, ended)
         await self._republish(call)
 
     async def _republish(self, call: Call) -> None:
@@ -705,18 +703,3 @@ class Hub:
 
     def _error(self, session: Session, code: str, message: str, request_id: str | None) -> None:
         session.send(Error(code=code, message=message, id=request_id))
-
-
-class _IdOnly(msgspec.Struct):
-    id: object = None
-
-
-_id_decoder = msgspec.json.Decoder(_IdOnly)
-
-
-def _peek_id(frame: str | bytes) -> str | None:
-    try:
-        rid = _id_decoder.decode(frame).id
-    except msgspec.DecodeError:
-        return None
-    return rid if isinstance(rid, str) and len(rid) <= 64 else None

@@ -29,6 +29,7 @@ from .protocol import (
     ErrorCode,
     GiftReceived,
     GiftSend,
+    ServerMessage,
     WalletBalance,
 )
 from .session import Session
@@ -163,10 +164,8 @@ class Gifts:
             coins=sent.host_credit,
             call_id=msg.call_id,
         )
-        await hub.deliver_anywhere(receiver.user_id, gift)
-        await hub.deliver_anywhere(
-            receiver.user_id, WalletBalance(wallet=theirs.wallet, earnings=theirs.earnings)
-        )
+        balance = WalletBalance(wallet=theirs.wallet, earnings=theirs.earnings)
+        await hub.deliver_anywhere(receiver.user_id, gift, balance)
         session.send(WalletBalance(wallet=mine.wallet, earnings=mine.earnings))
         return (Ack(id=msg.id, balance=mine.wallet) if msg.id is not None else None), []
 
@@ -174,13 +173,14 @@ class Gifts:
         """The host the gift is for: the peer of the named call, or any online host."""
         if msg.call_id is not None:
             call = self._hub.calls.require_active(session.user_id, msg.call_id)
-            receiver: Identity | None = call.peer_of(session.user_id)
-            if receiver is None or receiver.user_id != msg.to:
+            receiver = call.peer_of(session.user_id)
+            if receiver.user_id != msg.to:
                 raise CallError(f"{msg.to} is not in call {msg.call_id}", code=ErrorCode.FORBIDDEN)
         else:
-            receiver = await self._hub.find_user(msg.to)
-            if receiver is None:
+            found = await self._hub.find_user(msg.to)
+            if found is None:
                 raise JalwaError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
+            receiver = found
         if receiver.role is not Role.HOST or receiver.user_id == session.user_id:
             raise JalwaError("gifts go from a caller to a host", code=ErrorCode.FORBIDDEN)
         return receiver
@@ -197,11 +197,10 @@ class HubBillingEvents:
         tick_msg = BillingTick(
             call_id=tick.call_id, minute=tick.minute, charged=tick.charged, balance=tick.balance
         )
-        if await hub.deliver_anywhere(tick.payer, tick_msg):
-            await hub.deliver_anywhere(tick.payer, WalletBalance(wallet=tick.balance))
-            if low_balance:
-                warning = BillingLowBalance(call_id=tick.call_id, minutes_left=tick.minutes_left)
-                await hub.deliver_anywhere(tick.payer, warning)
+        messages: list[ServerMessage] = [tick_msg, WalletBalance(wallet=tick.balance)]
+        if low_balance:
+            messages.append(BillingLowBalance(call_id=tick.call_id, minutes_left=tick.minutes_left))
+        await hub.deliver_anywhere(tick.payer, *messages)
 
     async def out_of_money(self, stop: Stop) -> None:
         # Any node's loop may bill the call; the call itself runs on its parties' node.

@@ -497,12 +497,24 @@ def _raise_decode_failure(frame: bytes | str, exc: msgspec.DecodeError) -> NoRet
         env = _envelope_decoder.decode(frame)
     except msgspec.DecodeError:
         raise DecodeFailure(ErrorCode.BAD_JSON, "frame is not a JSON object", None) from None
-    rid = env.id if isinstance(env.id, str) and len(env.id) <= 64 else None
+    rid = _request_id(env.id)
     if not isinstance(env.type, str):
         raise DecodeFailure(ErrorCode.INVALID_MESSAGE, "field `type` must be a string", rid)
     if env.type not in CLIENT_TYPES:
         raise DecodeFailure(ErrorCode.UNKNOWN_TYPE, f"unknown message type {env.type!r}", rid)
     raise DecodeFailure(ErrorCode.INVALID_MESSAGE, str(exc), rid)
+
+
+def peek_id(frame: bytes | str) -> str | None:
+    """The ``id`` of a frame that will not be handled (e.g. over the rate limit), if readable."""
+    try:
+        return _request_id(_envelope_decoder.decode(frame).id)
+    except msgspec.DecodeError:
+        return None
+
+
+def _request_id(value: object) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 64 else None
 
 
 def encode(message: ServerMessage) -> bytes:

@@ -333,6 +333,22 @@ class MessageIds:
 # --- the interface ------------------------------------------------------------------------
 
 
+def new_message(
+    ids: MessageIds, sender: str, receiver: str, client_msg_id: str, text: str, created_at: float
+) -> Message:
+    """A message as every store creates it: a fresh id, status sent."""
+    return Message(
+        id=ids.next(created_at),
+        conversation_id=conversation_id(sender, receiver),
+        sender=sender,
+        receiver=receiver,
+        client_msg_id=client_msg_id,
+        text=text,
+        created_at=created_at,
+        status="sent",
+    )
+
+
 class ChatStore(Protocol):
     async def send(
         self, sender: str, receiver: str, client_msg_id: str, text: str
@@ -409,18 +425,8 @@ class MemoryChat:
             return self._messages[existing], False
         if self._blocked(sender, receiver):
             raise ChatBlocked("you cannot message this user")
-        created_at = self._now()
-        cid = conversation_id(sender, receiver)
-        msg = Message(
-            id=self._ids.next(created_at),
-            conversation_id=cid,
-            sender=sender,
-            receiver=receiver,
-            client_msg_id=client_msg_id,
-            text=text,
-            created_at=created_at,
-            status="sent",
-        )
+        msg = new_message(self._ids, sender, receiver, client_msg_id, text, self._now())
+        cid = msg.conversation_id
         self._messages[msg.id] = msg
         self._by_client[(sender, client_msg_id)] = msg.id
         self._pending.setdefault(receiver, set()).add(msg.id)

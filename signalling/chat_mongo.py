@@ -51,7 +51,7 @@ from .chat import (
     check_mark,
     check_pair,
     check_user,
-    conversation_id,
+    new_message,
     participants_of,
     validate_text,
 )
@@ -132,18 +132,8 @@ class MongoChat:
             if await self._blocked(sender, receiver):
                 raise ChatBlocked("you cannot message this user")
             created_at = self._now()
-            cid = conversation_id(sender, receiver)
             for _ in range(_ID_RETRIES):
-                msg = Message(
-                    id=self._ids.next(created_at),
-                    conversation_id=cid,
-                    sender=sender,
-                    receiver=receiver,
-                    client_msg_id=client_msg_id,
-                    text=text,
-                    created_at=created_at,
-                    status="sent",
-                )
+                msg = new_message(self._ids, sender, receiver, client_msg_id, text, created_at)
                 try:
                     await self._messages.insert_one({**_message_doc(msg), "applied": False})
                 except DuplicateKeyError as exc:

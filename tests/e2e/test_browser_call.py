@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from aiohttp import web
 from media.testing import LoopbackClient
 from signalling.app import create_app
 from tests.conftest import MakeSettings
+from tests.wsutil import until
 
 SFU_ON_LOOPBACK = {"mode": "sfu", "host_addresses": ["127.0.0.1"], "include_loopback": True}
 CHROMIUM_FLAGS = (
@@ -62,13 +63,6 @@ def chromium_binary() -> str:
             "run 'apt-get install -y chromium' (scripts/test does it when run as root)"
         )
     return path
-
-
-async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 class Browser:

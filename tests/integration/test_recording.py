@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import time
 from array import array
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +37,7 @@ from media.recording import Recording
 from media.settings import MediaSettings, VideoCodec
 from media.sfu import Sfu
 from media.testing import LoopbackClient
+from tests.wsutil import until
 
 CALL = "call-rec"
 MEDIA_S = 3.0
@@ -48,14 +49,6 @@ async def clients() -> AsyncIterator[list[LoopbackClient]]:
     made: list[LoopbackClient] = []
     yield made
     await asyncio.gather(*(c.close() for c in made))
-
-
-async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def make_sfu(tmp_path: Path, **overrides: Any) -> Sfu:
@@ -221,6 +214,7 @@ async def test_a_recorded_call_gives_each_party_a_playable_file_in_sync(
             lambda: all(published(sfu, p, k) > 0 for p in PARTIES for k in ("audio", "video")),
             10,
             "both parties' audio and video at the SFU",
+            poll_s=0.02,
         )
         media_started = time.monotonic()
         await asyncio.sleep(MEDIA_S)
@@ -261,7 +255,9 @@ async def test_recording_only_when_asked_and_allowed(
     try:
         await bob.accept(await sfu.answer(CALL, "host", await bob.offer()))
         await carol.accept(await sfu.answer(CALL, "caller", await carol.offer()))
-        await until(lambda: published(sfu, "caller", "video") > 10, 10, "carol's video")
+        await until(
+            lambda: published(sfu, "caller", "video") > 10, 10, "carol's video", poll_s=0.02
+        )
         stats = sfu.stats(CALL)
         assert stats is not None and stats.recording is None
         assert files_under(tmp_path) == []
@@ -447,7 +443,12 @@ async def test_recorded_audio_and_video_are_in_sync_within_and_across_parties(
                 )
             offer = await client.offer()
             await client.accept(await sfu.answer(CALL, party, offer, record=True))
-        await until(lambda: all(published(sfu, p, "video") > 0 for p in PARTIES), 10, "both videos")
+        await until(
+            lambda: all(published(sfu, p, "video") > 0 for p in PARTIES),
+            10,
+            "both videos",
+            poll_s=0.02,
+        )
         await asyncio.sleep(SYNC_MEDIA_S)
         await sfu.close_call(CALL)
     finally:

@@ -23,6 +23,7 @@ from media.errors import CallFull, NegotiationError, UnknownLeg
 from media.settings import MediaSettings, VideoCodec
 from media.sfu import Sfu
 from media.testing import LoopbackClient
+from tests.wsutil import until
 
 CALL = "call-1"
 MIN_VIDEO = 45  # decoded frames each way: 1.5 s of 30 fps, met well within the timeout
@@ -73,14 +74,6 @@ async def clients() -> AsyncIterator[list[LoopbackClient]]:
     made: list[LoopbackClient] = []
     yield made
     await asyncio.gather(*(c.close() for c in made))
-
-
-async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def published(sfu: Sfu, party: str) -> int:

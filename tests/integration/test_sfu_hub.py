@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,10 @@ from aiohttp.test_utils import TestClient
 from media.testing import LoopbackClient
 from signalling.app import create_app
 from tests.conftest import MakeSettings, MakeToken
-from tests.wsutil import recv
+from tests.wsutil import recv, until
 
 AiohttpClient = Any
 SFU_ON_LOOPBACK = {"mode": "sfu", "host_addresses": ["127.0.0.1"], "include_loopback": True}
-
-
-async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def negotiate(ws: aiohttp.ClientWebSocketResponse, client: LoopbackClient, cid: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -25,7 +25,7 @@ from media.testing import LoopbackClient
 from signalling.app import create_app
 from tests.conftest import MakeSettings, MakeToken
 from tests.integration.coturn import Coturn, running_coturn
-from tests.wsutil import recv
+from tests.wsutil import recv, until
 from turn.credentials import mint, password_for
 
 pytestmark = pytest.mark.integration
@@ -86,13 +86,6 @@ def selected_local_candidates(client: LoopbackClient) -> list[tuple[str, int, st
         for pair in gatherer._connection._nominated.values()
         if (local := pair.protocol.local_candidate) is not None
     ]
-
-
-async def until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def logged(coturn: Coturn, since: int, pattern: str, within_s: float = 5) -> str:

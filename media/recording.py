@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 
 Slot = tuple[str, int]
 
-RESYNC_S: Final = 0.5
+RESYNC_S: Final = 2.0
 """RTP time and arrival time may disagree this much before the mapper re-anchors."""
 PENDING_MAX: Final = 2000
 """Frames a party's file holds back, at most, while it waits for its header."""

@@ -283,6 +283,10 @@ FPS = 30
 SYNC_MEDIA_S = 4.0
 SYNC_TOLERANCE_S = 0.04
 """About one video frame: what lip sync tolerates (ITU-R BT.1359: 45 ms audio early)."""
+PARTIES_TOLERANCE_S = 0.1
+"""The two parties' files are lined up by arrival at the SFU, so a party whose encoder runs
+late (the test's clients share 2 busy cores with the SFU) shows up that much later: measured
+up to 50 ms with a CPU burner beside the test; a mis-anchored file is off by far more."""
 
 
 def flashing(t: float) -> bool:
@@ -464,7 +468,7 @@ async def test_recorded_audio_and_video_are_in_sync_within_and_across_parties(
         assert len(flashes) >= SYNC_MEDIA_S / PERIOD_S - 1, (party, clap)
         # Within a party's file: the beep starts with the white frame it was cut to.
         skew = [nearest(clap.beeps, flash) - flash for flash in flashes]
-        assert all(abs(s) < SYNC_TOLERANCE_S for s in skew), (party, skew)
+        assert all(abs(s) < SYNC_TOLERANCE_S for s in skew), (party, skew, clap)
 
     # Across the files: the two parties' flashes are as far apart in the recording as they
     # were when captured (less than a frame: both follow the same second boundaries).
@@ -475,4 +479,4 @@ async def test_recorded_audio_and_video_are_in_sync_within_and_across_parties(
         for flash in claps["caller"].flashes
         if flash < end
     ]
-    assert all(abs(gap - captured_gap) < SYNC_TOLERANCE_S for gap in gaps), (gaps, captured_gap)
+    assert all(abs(gap - captured_gap) < PARTIES_TOLERANCE_S for gap in gaps), (gaps, captured_gap)

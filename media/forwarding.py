@@ -19,12 +19,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.rtp_hooks import EncodedFrame, EncodedFrameSink
+
+if TYPE_CHECKING:
+    from media.rtp_forwarding import RtpForwarder
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,11 @@ class SubscriptionStats:
     frames_dropped: int
     """Frames thrown away because the queue was full (or its source changed)."""
     frames_skipped: int
-    """Frames not sent while waiting for a keyframe (new subscriber, source change, overflow)."""
+    """Frames not sent while waiting for a keyframe (new subscriber, source change, overflow).
+
+    RTP forwarding counts these three in packets."""
+    packets_forwarded: int = 0
+    """RTP forwarding only: packets sent to the subscriber."""
 
 
 class Publication:
@@ -83,12 +90,18 @@ class Publication:
         *,
         keyframe_interval_s: float,
         clock: Clock,
+        send_nack: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.kind = kind
+        self.ssrc: int | None = None
+        """The publisher's media SSRC, once an RTP packet has been forwarded."""
         self._send_pli = send_pli
+        self._send_nack = send_nack
         self._interval = keyframe_interval_s
         self._clock = clock
         self._subscribers: list[ForwardingTrack] = []
+        self._rtp_subscribers: list[RtpForwarder] = []
+        self._frame_ts: int | None = None
         self._taps: list[EncodedFrameSink] = []
         self._keyframe_wanted = False
         self._last_pli: float | None = None
@@ -100,42 +113,97 @@ class Publication:
         self._requests_out = 0
 
     @property
-    def subscribers(self) -> tuple[ForwardingTrack, ...]:
-        return tuple(self._subscribers)
+    def subscribers(self) -> tuple[ForwardingTrack | RtpForwarder, ...]:
+        return (*self._subscribers, *self._rtp_subscribers)
+
+    @property
+    def tapped(self) -> bool:
+        """Whether something (the recorder) also wants this publication's encoded frames."""
+        return bool(self._taps)
 
     def on_frame(self, frame: EncodedFrame) -> None:
         """An encoded frame from the publisher (the receiver tap's sink)."""
         if self._closed:
             return
-        self._frames += 1
-        if frame.keyframe:
-            self._keyframes += 1
-            self._keyframe_wanted = False
-        elif self._keyframe_wanted:
-            self._maybe_send_pli()
-        if self._subscribers:
-            for track in self._subscribers:
-                track.push(frame)
-        else:
-            self._unsubscribed += 1
+        if self._frame_ts is None:
+            # Frame forwarding. Under RTP forwarding frames only reach here for the taps
+            # (a recorded call), and on_rtp has counted them.
+            self._frames += 1
+            if frame.keyframe:
+                self._keyframes += 1
+                self._keyframe_wanted = False
+            elif self._keyframe_wanted:
+                self._maybe_send_pli()
+            if not self._subscribers:
+                self._unsubscribed += 1
+        for track in self._subscribers:
+            track.push(frame)
         for tap in self._taps:
             try:
                 tap(frame)
             except Exception:
                 log.exception("media: a %s frame tap failed", self.kind)
 
-    def subscribe(self, track: ForwardingTrack) -> None:
-        if track in self._subscribers or self._closed:
+    def on_rtp(
+        self,
+        ssrc: int,
+        sequence: int,
+        timestamp: int,
+        marker: bool,
+        payload: bytes,
+        *,
+        keyframe_start: bool,
+        clock_rate: int,
+    ) -> None:
+        """A media packet from the publisher (media/packet_path.py, RTP forwarding)."""
+        if self._closed:
+            return
+        self.ssrc = ssrc
+        if timestamp != self._frame_ts:
+            self._frame_ts = timestamp
+            self._frames += 1
+            if not self._rtp_subscribers:
+                self._unsubscribed += 1
+        if keyframe_start and self.kind == "video":
+            self._keyframes += 1
+            self._keyframe_wanted = False
+        elif self._keyframe_wanted:
+            self._maybe_send_pli()
+        for forwarder in self._rtp_subscribers:
+            forwarder.forward(
+                ssrc,
+                sequence,
+                timestamp,
+                marker,
+                payload,
+                keyframe_start=keyframe_start,
+                clock_rate=clock_rate,
+            )
+
+    def request_retransmission(self, sequences: list[int]) -> None:
+        """A subscriber lost packets we no longer have: NACK them to the publisher."""
+        if self._send_nack is not None and sequences and not self._closed:
+            self._send_nack(sequences)
+
+    def subscribe(self, track: ForwardingTrack | RtpForwarder) -> None:
+        if track in self.subscribers or self._closed:
             return
         previous = track.source
         if previous is not None:
             previous.unsubscribe(track)
-        self._subscribers.append(track)
+        if isinstance(track, ForwardingTrack):
+            self._subscribers.append(track)
+        else:
+            self._rtp_subscribers.append(track)
         track._attached(self)
 
-    def unsubscribe(self, track: ForwardingTrack) -> None:
-        if track in self._subscribers:
-            self._subscribers.remove(track)
+    def unsubscribe(self, track: ForwardingTrack | RtpForwarder) -> None:
+        if isinstance(track, ForwardingTrack):
+            if track in self._subscribers:
+                self._subscribers.remove(track)
+                track._detached(self)
+        elif track in self._rtp_subscribers:
+            self._rtp_subscribers.remove(track)
             track._detached(self)
 
     def add_tap(self, sink: EncodedFrameSink) -> None:
@@ -163,7 +231,7 @@ class Publication:
     def close(self) -> None:
         self._closed = True
         self._taps.clear()
-        for track in list(self._subscribers):
+        for track in self.subscribers:
             self.unsubscribe(track)
 
     def stats(self) -> PublicationStats:

@@ -9,7 +9,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
@@ -24,11 +31,14 @@ from media.forwarding import (
     SubscriptionStats,
 )
 from media.ice import IcePolicy
+from media.packet_path import LegSink, PacketPath, Route, check_packet_path_internals
+from media.rtp_forwarding import RtpForwarder
 from media.rtp_hooks import (
     EncodedFrameTap,
     hook_keyframe_requests,
     install_encoded_tap,
     media_ssrc,
+    send_nack,
     send_pli,
 )
 from media.settings import MediaSettings
@@ -91,7 +101,9 @@ class Leg:
         self.party = party
         self.pc = RTCPeerConnection(configuration)
         self.publications: dict[Slot, Publication] = {}
-        self.subscriptions: dict[Slot, ForwardingTrack] = {}
+        self.subscriptions: dict[Slot, ForwardingTrack | RtpForwarder] = {}
+        self._transceivers: dict[Slot, RTCRtpTransceiver] = {}
+        self._paths: list[PacketPath] = []
         self._settings = settings
         self._ice_policy = ice_policy
         self._clock = clock
@@ -118,6 +130,8 @@ class Leg:
             self._check_all_tapped()
             self._ice_policy.apply(self.pc)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
+            if self._settings.forwarding == "rtp":
+                self._take_packet_path()
         except _NEGOTIATION_ERRORS as exc:
             raise NegotiationError(f"cannot answer {self.party!r}: {exc}") from exc
         local = self.pc.localDescription
@@ -160,10 +174,15 @@ class Leg:
         if self._closed:
             return
         self._closed = True
-        for track in self.subscriptions.values():
-            track.stop()
+        for subscription in self.subscriptions.values():
+            subscription.stop()
+        for transceiver in self._transceivers.values():
+            if transceiver.sender.track is not None:
+                transceiver.sender.track.stop()  # the idle track under RTP forwarding
         for publication in self.publications.values():
             publication.close()
+        for path in self._paths:
+            path.close()
         await self.pc.close()
         for task in self._tasks:
             task.cancel()
@@ -171,20 +190,55 @@ class Leg:
 
     def _add_slot(self, slot: Slot) -> None:
         kind = slot[0]
+        # Under RTP forwarding this track never gets a frame: aiortc's sender just waits on
+        # it, while LegSink writes the packets.
         track = ForwardingTrack(kind, capacity=self._settings.queue_frames)
         transceiver = self.pc.addTransceiver(track, direction="sendrecv")
         transceiver.setCodecPreferences(pinned_codecs(kind, self._settings.video_codec))
         receiver = transceiver.receiver
         publication = Publication(
             kind,
-            lambda: self._request_pli(receiver),
+            lambda: self._request_pli(receiver, publication),
             keyframe_interval_s=self._settings.keyframe_interval_s,
             clock=self._clock,
+            send_nack=lambda sequences: self._request_nack(receiver, publication, sequences),
         )
         self._taps.append(install_encoded_tap(receiver, kind, publication.on_frame))
-        hook_keyframe_requests(transceiver.sender, track.request_keyframe)
+        subscription: ForwardingTrack | RtpForwarder = track
+        if self._settings.forwarding == "rtp":
+            check_packet_path_internals(transceiver.sender, receiver)
+            subscription = RtpForwarder(kind)
+        hook_keyframe_requests(transceiver.sender, subscription.request_keyframe)
         self.publications[slot] = publication
-        self.subscriptions[slot] = track
+        self.subscriptions[slot] = subscription
+        self._transceivers[slot] = transceiver
+
+    def _take_packet_path(self) -> None:
+        """RTP forwarding: route each negotiated payload type to its publication and give
+        each forwarder a sink on this leg (media/packet_path.py)."""
+        routes: dict[RTCDtlsTransport, dict[int, Route]] = {}
+        for slot, transceiver in self._transceivers.items():
+            dtls = transceiver.receiver.transport
+            codecs = transceiver._codecs
+            send_type = codecs[0].payloadType if codecs else None
+            if dtls is None or send_type is None:
+                raise NegotiationError(f"no transport or codec negotiated for {slot_name(slot)}")
+            for codec in codecs:
+                if codec.payloadType is None:
+                    continue
+                routes.setdefault(dtls, {})[codec.payloadType] = Route(
+                    self.publications[slot],
+                    transceiver.receiver,
+                    mime_type=codec.mimeType,
+                    clock_rate=codec.clockRate,
+                    rtx=codec.mimeType.lower() == "video/rtx",
+                )
+            forwarder = self.subscriptions[slot]
+            if isinstance(forwarder, RtpForwarder):
+                forwarder.sink = LegSink(
+                    transceiver.sender, dtls, forwarder, payload_type=send_type
+                )
+        self._paths = [PacketPath(dtls, by_type) for dtls, by_type in routes.items()]
 
     def _check_all_tapped(self) -> None:
         # setRemoteDescription creates a transceiver for any m-line we did not pre-create;
@@ -192,12 +246,18 @@ class Leg:
         if len(self.pc.getTransceivers()) != len(self._taps):
             raise NegotiationError("the offer has media sections the SFU did not expect")
 
-    def _request_pli(self, receiver: RTCRtpReceiver) -> bool:
-        ssrc = media_ssrc(receiver)
+    def _request_pli(self, receiver: RTCRtpReceiver, publication: Publication) -> bool:
+        ssrc = publication.ssrc or media_ssrc(receiver)
         if ssrc is None or self._closed:
             return False
         self._spawn(send_pli(receiver, ssrc))
         return True
+
+    def _request_nack(
+        self, receiver: RTCRtpReceiver, publication: Publication, sequences: list[int]
+    ) -> None:
+        if publication.ssrc is not None and not self._closed:
+            self._spawn(send_nack(receiver, publication.ssrc, sequences))
 
     def _drain(self, track: MediaStreamTrack) -> None:
         # Every receiver's track is consumed: an unread aiortc track queues without bound.

@@ -180,6 +180,12 @@ def send_pli(receiver: RTCRtpReceiver, ssrc: int) -> Awaitable[None]:
     return send(ssrc)
 
 
+def send_nack(receiver: RTCRtpReceiver, ssrc: int, sequences: list[int]) -> Awaitable[None]:
+    """RTCP generic NACK to the publisher (RFC 4585 §6.2.1)."""
+    send: Callable[[int, list[int]], Awaitable[None]] = receiver._send_rtcp_nack
+    return send(ssrc, sequences)
+
+
 def hook_keyframe_requests(sender: RTCRtpSender, on_request: Callable[[], None]) -> None:
     """Route the PLI/FIR a subscriber sends to ``sender`` to ``on_request``."""
     if not callable(getattr(sender, "_send_keyframe", None)):

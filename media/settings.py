@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MediaMode = Literal["sfu", "p2p"]
+Forwarding = Literal["rtp", "frame"]
 VideoCodec = Literal["VP8", "H264"]
 RecordingPolicy = Literal["off", "opt_in", "always"]
 
@@ -35,6 +36,11 @@ class MediaSettings(BaseModel):
     )
     port_max: int | None = Field(
         None, ge=1, le=65535, description="highest local UDP port for host candidates"
+    )
+    forwarding: Forwarding = Field(
+        "rtp",
+        description="rtp: forward each packet as it arrives (header rewritten); frame: "
+        "forward aiortc's reassembled encoded frames (slower; kept for comparison)",
     )
     video_codec: VideoCodec = Field(
         "VP8", description="video codec pinned on both legs of every call"

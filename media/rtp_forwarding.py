@@ -55,6 +55,7 @@ class RtpForwarder:
         self._last_seq: int | None = None
         self._last_ts = 0
         self._resync = True
+        self._new_timeline = False
         self._waiting_keyframe = kind == "video"
         self._frame_ts: int | None = None
         self._frames = 0
@@ -95,9 +96,11 @@ class RtpForwarder:
         if sink is None:
             self._skipped += 1
             self._waiting_keyframe = self.kind == "video"
+            self._resync = True
             return
         if ssrc != self._ssrc:
-            self._new_source(ssrc, timestamp, clock_rate)
+            self._ssrc = ssrc
+            self._new_source()
         if self._waiting_keyframe:
             if not keyframe_start:
                 self._skipped += 1
@@ -108,6 +111,10 @@ class RtpForwarder:
             self._resync = False
             if self._last_seq is not None:
                 self._seq_offset = self._last_seq + 1 - sequence
+                if self._new_timeline:
+                    step = clock_rate // _FRAMES_PER_SECOND.get(self.kind, 30)
+                    self._ts_offset = self._last_ts + step - timestamp
+            self._new_timeline = False
         out_seq = (sequence + self._seq_offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         if not sink.send(out_seq, out_ts, marker, payload):
@@ -151,11 +158,10 @@ class RtpForwarder:
         if self._source is source:
             self._source = None
 
-    def _new_source(self, ssrc: int, timestamp: int, clock_rate: int) -> None:
-        self._ssrc = ssrc
+    def _new_source(self) -> None:
+        # Offsets are set on the first packet actually sent (after the keyframe gate), so
+        # the subscriber sees the next frame, not the frames skipped meanwhile.
         self._resync = True
-        if self._last_seq is not None:
-            step = clock_rate // _FRAMES_PER_SECOND.get(self.kind, 30)
-            self._ts_offset = self._last_ts + step - timestamp
+        self._new_timeline = True
         if self.kind == "video":
             self._waiting_keyframe = True

@@ -7,8 +7,11 @@ loopback clients (media.testing.LoopbackClient, in this process): each publishes
 640x480 30 fps VP8 test pattern plus Opus audio and decodes what it receives. Everything
 runs on 127.0.0.1 with no ICE servers.
 
-- forward: ``media.Sfu``: the publisher's encoded frames are re-packetized for the other
-  party; nothing is decoded or encoded on the server.
+- forward: ``media.Sfu`` as deployed (``media.forwarding = "rtp"``): each RTP packet is
+  decrypted, its header rewritten and re-encrypted for the other party as it arrives.
+- frame: ``media.Sfu`` with ``media.forwarding = "frame"``: aiortc reassembles encoded
+  frames, which are re-packetized for the other party. Nothing is decoded or encoded in
+  either mode.
 - relay: the baseline, aiortc's ``MediaRelay``: the server decodes each incoming track and
   its ``RTCRtpSender`` re-encodes it for the subscriber (what DESIGN §6 rules out).
 
@@ -48,7 +51,7 @@ from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket
 from media.codecs import pinned_codecs
 from media.ice import IcePolicy
 from media.leg import offer_media_kinds
-from media.settings import MediaSettings
+from media.settings import Forwarding, MediaSettings
 from media.sfu import Sfu
 from media.testing import LoopbackClient
 
@@ -115,8 +118,10 @@ def rss_bytes() -> int:
 
 
 class ForwardServer:
-    def __init__(self) -> None:
-        settings = MediaSettings(host_addresses=("127.0.0.1",), include_loopback=True)
+    def __init__(self, forwarding: Forwarding) -> None:
+        settings = MediaSettings(
+            host_addresses=("127.0.0.1",), include_loopback=True, forwarding=forwarding
+        )
         self.sfu = Sfu(settings, RTCConfiguration(iceServers=[]))
 
     async def answer(self, party: str, sdp: str) -> str:
@@ -180,7 +185,9 @@ def serve(conn: Connection, mode: str) -> None:
 
 
 async def _serve(conn: Connection, mode: str) -> None:
-    server: ForwardServer | RelayServer = ForwardServer() if mode == "forward" else RelayServer()
+    server: ForwardServer | RelayServer = (
+        RelayServer() if mode == "relay" else ForwardServer("frame" if mode == "frame" else "rtp")
+    )
     loop = asyncio.get_running_loop()
     while True:
         msg: tuple[Any, ...] = await loop.run_in_executor(None, conn.recv)
@@ -367,10 +374,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--modes",
         type=lambda s: [m for m in s.split(",") if m],
         default=["forward", "relay"],
-        help="comma-separated: forward, relay",
+        help="comma-separated: forward (RTP packets), frame (encoded frames), relay",
     )
     args = parser.parse_args(argv)
-    unknown = set(args.modes) - {"forward", "relay"}
+    unknown = set(args.modes) - {"forward", "frame", "relay"}
     if unknown:
         parser.error(f"unknown modes: {sorted(unknown)}")
     return args

@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration
 from aiortc.codecs import get_decoder
 
 from media.errors import CallFull, NegotiationError, UnknownLeg
-from media.settings import MediaSettings, VideoCodec
+from media.settings import Forwarding, MediaSettings, VideoCodec
 from media.sfu import Sfu
 from media.testing import LoopbackClient
 from tests.wsutil import until
@@ -93,15 +93,18 @@ async def join(sfu: Sfu, client: LoopbackClient, party: str) -> None:
     await client.accept(answer)
 
 
-@pytest.mark.parametrize("codec", ["VP8", "H264"])
+@pytest.mark.parametrize(
+    ("codec", "forwarding"), [("VP8", "rtp"), ("H264", "rtp"), ("VP8", "frame")]
+)
 async def test_two_parties_get_each_others_media_without_transcoding(
     codec: VideoCodec,
+    forwarding: Forwarding,
     make_sfu: MakeSfu,
     clients: list[LoopbackClient],
     decoder_calls: set[threading.Thread],
     decode_errors: list[str],
 ) -> None:
-    sfu = make_sfu(video_codec=codec)
+    sfu = make_sfu(video_codec=codec, forwarding=forwarding)
     alice = LoopbackClient("alice", video_codec=codec)
     bob = LoopbackClient("bob", video_codec=codec)
     clients += [alice, bob]
@@ -128,6 +131,9 @@ async def test_two_parties_get_each_others_media_without_transcoding(
         assert leg.subscribed["video"].frames_forwarded >= MIN_VIDEO
         assert leg.subscribed["audio"].frames_forwarded >= MIN_AUDIO
         assert leg.published["video"].keyframes_received >= 1
+        # RTP forwarding sent the packets itself; frame forwarding left that to aiortc.
+        packets = leg.subscribed["video"].packets_forwarded
+        assert packets >= MIN_VIDEO if forwarding == "rtp" else packets == 0
     # The second party to join was gated until a keyframe the SFU asked the first one for.
     assert stats.legs["caller"].published["video"].keyframe_requests_sent >= 1
 

@@ -48,6 +48,13 @@ class MediaSettings(BaseModel):
     keyframe_interval_s: float = Field(
         1.0, gt=0, le=60, description="at most one keyframe request (PLI) per publisher this often"
     )
+    connect_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="a party's media must connect within this long of its offer (or of "
+        "failing), else the call's media failed: the hub ends the call media_failed",
+    )
     queue_frames: int = Field(
         60, ge=2, le=10_000, description="bound of every forwarding queue, in encoded frames"
     )

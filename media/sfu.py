@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,10 @@ RECORDING_CLOSE_TIMEOUT_S = 10.0
 """close_call waits this long for a recording's files to be closed, then lets it finish."""
 
 
+MediaFailed = Callable[[str, str], Awaitable[None]]
+"""on_media_failed(call_id, party): the party's media did not connect in time."""
+
+
 @dataclass(frozen=True, slots=True)
 class CallStats:
     call_id: str
@@ -48,6 +52,8 @@ class CallMedia:
         self.closed = False
         self.lock = asyncio.Lock()
         self.recorder: CallRecorder | None = None
+        self.watchdogs: dict[str, asyncio.Task[None]] = {}
+        """Per party: running while its current leg is not connected (media/sfu.py)."""
 
     def other(self, party: str) -> Leg | None:
         return next((leg for p, leg in self.legs.items() if p != party), None)
@@ -90,6 +96,7 @@ class Sfu:
         *,
         clock: Clock | None = None,
         on_connection_state: StateCallback | None = None,
+        on_media_failed: MediaFailed | None = None,
     ) -> None:
         check_aiortc_internals()
         self.settings = settings
@@ -97,6 +104,9 @@ class Sfu:
         self._ice_policy = IcePolicy.from_settings(settings)
         self._clock: Clock = clock or MonotonicClock()
         self._on_state = on_connection_state
+        self.on_media_failed = on_media_failed
+        """Told when a party's media did not connect in time; settable after construction
+        (the hub that ends the call is built after the SFU)."""
         self._calls: dict[str, CallMedia] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._closed = False
@@ -139,7 +149,7 @@ class Sfu:
                 configuration=rtc_configuration(self._configuration),
                 ice_policy=self._ice_policy,
                 clock=self._clock,
-                on_state=self._on_state,
+                on_state=lambda c, p, state: self._leg_state(call, leg, state),
             )
             try:
                 answer_sdp = await leg.negotiate(offer_sdp)
@@ -153,6 +163,7 @@ class Sfu:
                 raise CallClosed(f"call {call_id!r} was closed while its offer was answered")
             previous = call.legs.get(party)
             call.legs[party] = leg
+            self._watch(call, leg)
             call.wire()
             if call.recorder is not None:
                 call.recorder.attach(party, leg.publications)
@@ -184,6 +195,8 @@ class Sfu:
         if call is None:
             return
         call.closed = True
+        for watchdog in call.watchdogs.values():
+            watchdog.cancel()
         legs = list(call.legs.values())
         await self._close_legs(legs)
         if call.recorder is not None:
@@ -244,6 +257,51 @@ class Sfu:
             if not task.cancelled() and task.exception() is not None:
                 log.warning("media: closing a peer connection failed: %r", task.exception())
 
+    def _leg_state(self, call: CallMedia, leg: Leg, state: str) -> None:
+        if self._on_state is not None:
+            self._on_state(call.call_id, leg.party, state)
+        if call.legs.get(leg.party) is not leg or call.closed:
+            return  # a replaced leg closing, or the call's end
+        if state == "connected":
+            watchdog = call.watchdogs.pop(leg.party, None)
+            if watchdog is not None:
+                watchdog.cancel()
+        elif state in ("failed", "closed") and leg.party not in call.watchdogs:
+            # The party may still re-offer (a network switch); if it does not in time,
+            # nobody should pay for a black screen.
+            self._watch(call, leg)
+
+    def _watch(self, call: CallMedia, leg: Leg) -> None:
+        """Give ``leg`` ``connect_timeout_s`` to be connected, else report media failed."""
+        previous = call.watchdogs.pop(leg.party, None)
+        if previous is not None:
+            previous.cancel()
+        if self.on_media_failed is None:
+            return
+        task = asyncio.ensure_future(self._watchdog(call, leg, self.on_media_failed))
+        call.watchdogs[leg.party] = task
+        task.add_done_callback(lambda t: _discard(call.watchdogs, leg.party, t))
+
+    async def _watchdog(self, call: CallMedia, leg: Leg, report: MediaFailed) -> None:
+        await asyncio.sleep(self.settings.connect_timeout_s)
+        if call.closed or call.legs.get(leg.party) is not leg:
+            return
+        if leg.pc.connectionState == "connected":
+            return
+        log.warning(
+            "media: %s/%s not connected after %ss (%s)",
+            call.call_id,
+            leg.party,
+            self.settings.connect_timeout_s,
+            leg.pc.connectionState,
+        )
+        # Out of the watchdogs first: the report may close the call, which cancels them.
+        call.watchdogs.pop(leg.party, None)
+        try:
+            await report(call.call_id, leg.party)
+        except Exception:
+            log.exception("media: the media-failed callback raised")
+
     def _start_recording(self, call: CallMedia) -> None:
         record_dir = self.settings.record_dir
         assert record_dir is not None  # answer checked
@@ -286,3 +344,8 @@ class Sfu:
         task = asyncio.ensure_future(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+def _discard(tasks: dict[str, asyncio.Task[None]], party: str, task: asyncio.Task[None]) -> None:
+    if tasks.get(party) is task:
+        del tasks[party]

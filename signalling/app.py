@@ -177,6 +177,7 @@ def _hub_context(
         )
         app[HUB] = hub
         if sfu is not None:
+            sfu.on_media_failed = hub.media_failed
             app[SFU] = sfu
         chat = ChatService(app[CHAT_STORE], hub, settings.chat, clock)
         chat.install()

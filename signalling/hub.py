@@ -407,6 +407,12 @@ class Hub:
         await self._run(effects)
         return bool(effects)
 
+    async def media_failed(self, call_id: str, party: str) -> None:
+        """The SFU's watchdog: ``party``'s media never connected (or failed and was not
+        renegotiated) within ``media.connect_timeout_s``. Billing stops with the call."""
+        self._log.warning("call %s: media of %s failed, ending the call", call_id, party)
+        await self.end_call(call_id, EndReason.MEDIA_FAILED)
+
     async def tick(self) -> None:
         """Fire due timers (ring timeouts, peer-lost grace periods)."""
         await self._run(self.calls.expire(self._clock.monotonic()))

@@ -76,6 +76,7 @@ class EndReason(enum.StrEnum):
     TIMEOUT = "timeout"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     PEER_LOST = "peer_lost"
+    MEDIA_FAILED = "media_failed"
     ADMIN = "admin"
     SHUTDOWN = "shutdown"
 

@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
+from media.settings import MediaSettings
+
 from . import protocol as p
 from .settings import HubSettings
 from .ws import TRY_AGAIN_LATER
@@ -95,6 +97,10 @@ END_REASON_MEANINGS: dict[p.EndReason, str] = {
         "Billing ended it: the payer cannot pay the first or the next minute."
     ),
     p.EndReason.PEER_LOST: "A party was disconnected longer than `peer_lost_grace_s`.",
+    p.EndReason.MEDIA_FAILED: (
+        "In `sfu` mode a party's peer connection with the server was not connected within "
+        "`media.connect_timeout_s` of its offer (or of failing) (§5.5)."
+    ),
     p.EndReason.ADMIN: "An operator ended it.",
     p.EndReason.SHUTDOWN: "The server is shutting down (a 1012 close follows).",
 }
@@ -390,6 +396,10 @@ it; when the call ends, for any reason, it closes both peer connections, so medi
 stops. After a reconnect, send a new `rtc.offer`: it replaces your old peer connection. The
 server never offers, so `rtc.answer` from a client is `invalid_state`; a candidate before
 your offer is `invalid_state`; an offer the server cannot use is `media_failed`.
+If your peer connection with the server is not connected within `media.connect_timeout_s`
+(default $connect_timeout_s s) of your offer, or fails and you do not re-offer within that
+time, the call ends with reason `media_failed`: a paid call never runs on with a black
+screen.
 
 In `p2p` mode the hub relays `rtc.offer`, `rtc.answer` and
 `rtc.ice` between the two parties of an **active** call; while it rings they get
@@ -926,6 +936,7 @@ def render() -> str:
     """The complete Markdown of docs/protocol.md."""
     values = _hub_defaults() | {m.name: str(int(m)) for m in p.CloseCode}
     values["TRY_AGAIN_LATER"] = str(TRY_AGAIN_LATER)
+    values["connect_timeout_s"] = _setting_value(MediaSettings().connect_timeout_s)
     placed = _placed()
     contents = []
     for number, title, _ in SECTIONS:

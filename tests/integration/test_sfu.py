@@ -238,3 +238,30 @@ def test_forwarding_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+async def test_a_leg_that_never_connects_is_reported_once_and_a_reoffer_resets_it(
+    make_sfu: MakeSfu, clients: list[LoopbackClient]
+) -> None:
+    failed: list[tuple[str, str]] = []
+
+    async def report(call_id: str, party: str) -> None:
+        failed.append((call_id, party))
+
+    sfu = make_sfu(connect_timeout_s=1.0)
+    sfu.on_media_failed = report
+    alice, bob, bob_again = (LoopbackClient(n) for n in ("alice", "bob", "bob"))
+    clients += [alice, bob, bob_again]
+    await join(sfu, alice, "caller")
+    await sfu.answer(CALL, "host", await bob.offer())  # never applied: bob never connects
+    await asyncio.sleep(0.6)
+    await join(sfu, bob_again, "host")  # his re-offer replaces the stuck leg in time
+    await asyncio.sleep(1.2)
+    assert failed == []
+
+    stuck = LoopbackClient("bob")
+    clients.append(stuck)
+    await sfu.answer(CALL, "host", await stuck.offer())
+    await until(lambda: bool(failed), 5, "the stuck leg to be reported")
+    await asyncio.sleep(1.2)
+    assert failed == [(CALL, "host")]

@@ -35,7 +35,8 @@ async def test_call_media_through_the_sfu_stops_when_money_runs_out(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
 ) -> None:
     settings = make_settings(
-        media=SFU_ON_LOOPBACK,
+        # Connected legs are never ended by the media watchdog: this call outlives 3 s.
+        media=SFU_ON_LOOPBACK | {"connect_timeout_s": 3},
         billing={"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 7},
     )
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
@@ -79,6 +80,47 @@ async def test_call_media_through_the_sfu_stops_when_money_runs_out(
         frozen = (alice.frames("video"), bob.frames("video"))
         await asyncio.sleep(0.5)
         assert (alice.frames("video"), bob.frames("video")) == frozen  # media really stopped
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+
+
+async def test_a_call_whose_media_never_connects_ends_media_failed(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+) -> None:
+    settings = make_settings(
+        media=SFU_ON_LOOPBACK | {"connect_timeout_s": 1},
+        billing={"minute_seconds": 60, "default_rate": 7},
+    )
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
+    body = {"user_id": "alice", "amount": 70, "idempotency_key": "k"}
+    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
+    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
+    await recv(alice_ws, "welcome")
+    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+    await recv(bob_ws, "welcome")
+    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+    cid = (await recv(alice_ws, "ack"))["call_id"]
+    await bob_ws.send_json({"type": "call.accept", "call_id": cid})
+    await recv(alice_ws, "call.started")
+
+    alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
+    try:
+        await negotiate(alice_ws, alice, cid)
+        # Bob's offer is answered, but his side never connects (say UDP is blocked).
+        await bob_ws.send_json(
+            {"type": "rtc.offer", "id": "o", "call_id": cid, "sdp": await bob.offer()}
+        )
+        await recv(bob_ws, "rtc.answer")
+        started = time.monotonic()
+        ended = [await recv(ws, "call.ended") for ws in (alice_ws, bob_ws)]
+        assert [e["reason"] for e in ended] == ["media_failed", "media_failed"]
+        assert 0.9 <= time.monotonic() - started < 5
+        assert ended[0]["minutes"] == 1  # the first minute, charged at accept; no more
+        wallet = await client.get(
+            "/v1/wallet", headers={"Authorization": "Bearer " + token_for("alice")}
+        )
+        assert (await wallet.json())["wallet"] == 63
     finally:
         await asyncio.gather(alice.close(), bob.close())
 

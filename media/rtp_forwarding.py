@@ -101,6 +101,12 @@ class RtpForwarder:
         if ssrc != self._ssrc:
             self._ssrc = ssrc
             self._new_source()
+        if not payload:
+            # Padding only (bandwidth probing): nothing to forward. Later packets move
+            # down one number so the subscriber sees no gap to NACK.
+            if not self._resync:
+                self._seq_offset -= 1
+            return
         if self._waiting_keyframe:
             if not keyframe_start:
                 self._skipped += 1

@@ -188,8 +188,11 @@ def verify_call_files(
                 ).stderr
                 assert errors == ""
 
-    # Both parties' files share one timeline: all four streams end when the call closed.
-    assert max(ends) - min(ends) < 0.2, ends
+    # Both parties' files share one timeline: all four streams end when the call closed,
+    # less what was still in flight then. The clients' H264 encoders run behind on this
+    # 2-core machine, so their video ends up to 0.45 s early (measured); one timeline per
+    # party would be off by seconds.
+    assert max(ends) - min(ends) < 0.6, ends
     assert not list(tmp_path.rglob("*.part"))
 
 

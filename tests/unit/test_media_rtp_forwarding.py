@@ -342,3 +342,12 @@ def test_request_retransmission_nacks_the_publisher() -> None:
 )
 def test_seq_newer(a: int, b: int, newer: bool) -> None:
     assert seq_newer(a, b) is newer
+
+
+def test_padding_only_packets_are_dropped_without_a_gap() -> None:
+    pub, sink = publication(), Sink()
+    forwarder(pub, sink)
+    rtp(pub, 10, 0, key=True)
+    pub.on_rtp(0x1111, 11, 0, False, b"", keyframe_start=False, clock_rate=90_000)
+    rtp(pub, 12, 3000)
+    assert [seq for seq, _ in sink.numbering] == [10, 11]

@@ -21,6 +21,7 @@ frames reach the recorder through media/rtp_hooks.py's tap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -128,24 +129,41 @@ class PacketPath:
         self.packets = 0
         self.rejected = 0
         """Packets dropped here: SRTP authentication failed, malformed, unknown type."""
-        # Instance attribute: aioice's StunProtocol calls connection.data_received.
+        # Instance attributes, shadowing the methods on these objects only. The socket's
+        # protocols first: the event loop looks datagram_received up per datagram, and
+        # aioice's own would try to parse every RTP packet as STUN before passing it on.
+        # The connection's data_received catches what a protocol made later delivers.
+        for protocol in getattr(self._connection, "_protocols", ()):
+            protocol.datagram_received = functools.partial(
+                self._datagram_received, protocol.datagram_received
+            )
         self._connection.data_received = self._data_received
 
+    def _datagram_received(
+        self, aioice_path: Callable[[bytes, Any], None], data: bytes, addr: Any
+    ) -> None:
+        if not self._forwarded(data):
+            aioice_path(data, addr)
+
     def _data_received(self, data: bytes, component: int) -> None:
-        rx = self._dtls._rx_srtp
-        if rx is None or not 127 < data[0] < 192 or is_rtcp(data):
+        if not self._forwarded(data):
             self._aiortc_path(data, component)
-            return
+
+    def _forwarded(self, data: bytes) -> bool:
+        """Handle ``data`` if it is SRTP media (True), else leave it to aioice/aiortc."""
+        rx = self._dtls._rx_srtp
+        if rx is None or not data or not 127 < data[0] < 192 or is_rtcp(data):
+            return False
         try:
             plain: bytes = rx.unprotect(data)
         except pylibsrtp.Error:
             self.rejected += 1  # a replay or a forgery: aiortc drops these too
-            return
+            return True
         header = parse_header(plain)
         route = self._routes.get(header.payload_type) if header is not None else None
         if header is None or route is None:
             self.rejected += 1
-            return
+            return True
         self.packets += 1
         try:
             route.receive(
@@ -161,6 +179,7 @@ class PacketPath:
         if route.publication.tapped:
             # A recorded call: aiortc's receiver assembles frames for the recorder too.
             self._spawn(self._dtls._handle_rtp_data(plain, arrival_time_ms=current_ms()))
+        return True
 
     def close(self) -> None:
         for task in self._tasks:

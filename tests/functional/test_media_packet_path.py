@@ -62,7 +62,9 @@ class Rig:
     nacks: list[list[int]] = field(default_factory=list)
 
     def receive(self, data: bytes) -> None:
-        self.path._connection.data_received(data, 1)
+        """As the event loop delivers a datagram to the ICE socket's protocol."""
+        (protocol,) = self.path._connection._protocols
+        protocol.datagram_received(data, ("127.0.0.1", 9))
 
     async def sent(self, count: int, *, decrypt: bool = True) -> list[bytes]:
         loop = asyncio.get_running_loop()
@@ -95,8 +97,11 @@ async def rig() -> AsyncIterator[Rig]:
     )
     to_aiortc: list[bytes] = []
     injected: list[bytes] = []
+    protocol = SimpleNamespace(datagram_received=lambda data, addr: to_aiortc.append(data))
     connection = SimpleNamespace(
-        _nominated={1: pair}, data_received=lambda data, component: to_aiortc.append(data)
+        _nominated={1: pair},
+        _protocols=[protocol],
+        data_received=lambda data, component: to_aiortc.append(b"via connection " + data),
     )
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
@@ -255,3 +260,12 @@ async def test_a_closed_socket_drops_video_until_the_next_keyframe(rig: Rig) -> 
     rig.receive(rig.publisher.protect(rtp(401, 3000, DELTA)))
     stats = rig.forwarder.stats()
     assert (stats.packets_forwarded, stats.frames_dropped) == (1, 1)
+
+
+async def test_what_reaches_the_connection_directly_is_forwarded_too(rig: Rig) -> None:
+    # A protocol aioice made after the hooks were installed delivers to the connection.
+    rig.path._connection.data_received(rig.publisher.protect(rtp(600, 0, KEYFRAME)), 1)
+    (plain,) = await rig.sent(1)
+    assert plain.endswith(KEYFRAME) and not rig.to_aiortc
+    rig.path._connection.data_received(b"\x00\x01", 1)
+    assert rig.to_aiortc == [b"via connection \x00\x01"]

@@ -355,7 +355,12 @@ async def main(args: argparse.Namespace) -> int:
     if "forward" in results:
         # One 30 fps video leg costs 30 forwarded frames a second (audio included in that).
         cpu = statistics.median(r.cpu_ms_per_frame for r in results["forward"])
-        print(f"forwarded 30 fps legs per core (forward): {1000 / (30 * cpu):.0f}")
+        # One call wakes the server for nearly every packet: a floor, not a capacity
+        # (bench.sfu_capacity loads one server with many calls).
+        print(
+            f"forwarded 30 fps legs per core (forward), extrapolated from one call: "
+            f"{1000 / (30 * cpu):.0f} (under load: python -m bench.sfu_capacity)"
+        )
     return 0
 
 

@@ -38,8 +38,9 @@ from media.rtp_forwarding import RtpForwarder
 
 log = logging.getLogger(__name__)
 
-HISTORY_PACKETS: Final = 512
-"""Sent video packets kept per subscriber for NACKs (about 2 s at 1 Mbps)."""
+HISTORY_PACKETS: Final = 256
+"""Sent video packets kept per subscriber for NACKs: about 2.5 s at 1 Mbps (~300 KB), far
+more than a NACK's round trip."""
 SEND_BUFFER_LIMIT: Final = 256 * 1024
 """Bytes a socket may hold unsent before packets to it are dropped (video then restarts
 at a keyframe): a slow subscriber never grows our memory."""

@@ -20,7 +20,10 @@ threads) per video frame the subscribers decoded, subscriber fps / publisher fps
 the second answer to each client's first decoded video frame, server RSS growth, video
 bitrate the clients sent. The modes alternate for ``--rounds`` rounds (this is a shared,
 noisy machine); medians and the forward/relay CPU ratio (goal <= 0.12, ANCHORS.md) close the
-report. ``--rounds 1 --seconds 300 --modes forward`` is the 5-minute flat-RSS check.
+report. Then one RTP-forwarding server is loaded with ``--capacity-calls`` calls (default 64;
+bench/sfu_capacity.py) for forwarded 1 Mbps video legs per core (goal >= 150).
+``--rounds 1 --seconds 300 --modes forward --capacity-calls 0`` is the 5-minute flat-RSS
+check.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket
 
+from bench import sfu_capacity
 from media.codecs import pinned_codecs
 from media.ice import IcePolicy
 from media.leg import offer_media_kinds
@@ -355,11 +359,23 @@ async def main(args: argparse.Namespace) -> int:
     if "forward" in results:
         # One 30 fps video leg costs 30 forwarded frames a second (audio included in that).
         cpu = statistics.median(r.cpu_ms_per_frame for r in results["forward"])
-        # One call wakes the server for nearly every packet: a floor, not a capacity
-        # (bench.sfu_capacity loads one server with many calls).
+        # One call wakes the server for nearly every packet: a floor, not a capacity.
         print(
             f"forwarded 30 fps legs per core (forward), extrapolated from one call: "
-            f"{1000 / (30 * cpu):.0f} (under load: python -m bench.sfu_capacity)"
+            f"{1000 / (30 * cpu):.0f}"
+        )
+    if args.capacity_calls:
+        # The capacity: one server loaded with many calls (bench/sfu_capacity.py).
+        clip = sfu_capacity.encode_clip()
+        load = await sfu_capacity.run_calls(
+            clip, args.capacity_calls, "rtp", args.seconds, args.warmup
+        )
+        sfu_capacity.show(load)
+        verdict = "meets" if load.sustained and load.legs_per_core >= 150 else "misses"
+        print(
+            f"forwarded 1 Mbps video legs per core under load ({load.calls} calls): "
+            f"{load.legs_per_core:.0f} ({verdict} the >= 150 goal"
+            f"{'' if load.sustained else '; not sustained, a bound'})"
         )
     return 0
 
@@ -374,6 +390,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="clients also send Opus audio (its forwarding cost is counted per video frame)",
+    )
+    parser.add_argument(
+        "--capacity-calls",
+        type=int,
+        default=64,
+        help="then load one RTP-forwarding server with this many calls (bench.sfu_capacity) "
+        "for legs per core; 0 skips it",
     )
     parser.add_argument(
         "--modes",

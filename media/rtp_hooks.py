@@ -1,7 +1,8 @@
 """Hooks into aiortc's RTP receiver and sender so media stays encoded end to end.
 
-aiortc has no public API for either direction, so this is the one module that touches its
-internals. It relies on aiortc **1.16.0** (``AIORTC_VERIFIED``; ``check_aiortc_internals``
+aiortc has no public API for either direction, so this module and media/packet_path.py (RTP
+forwarding's way around aiortc's packet path) are the two that touch its internals. It
+relies on aiortc **1.16.0** (``AIORTC_VERIFIED``; ``check_aiortc_internals``
 runs when an ``Sfu`` is built, and tests/unit/test_media_rtp_hooks.py drives real RTP through
 a hooked receiver, so an aiortc upgrade that moves any of these fails loudly):
 

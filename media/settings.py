@@ -52,8 +52,8 @@ class MediaSettings(BaseModel):
         20.0,
         gt=0,
         le=600,
-        description="a party's media must connect within this long of its offer (or of "
-        "failing), else the call's media failed: the hub ends the call media_failed",
+        description="a party's media must connect within this long of the call's start, its "
+        "offer or its failing, else the call's media failed: the hub ends the call media_failed",
     )
     queue_frames: int = Field(
         60, ge=2, le=10_000, description="bound of every forwarding queue, in encoded frames"

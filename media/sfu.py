@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,7 +155,7 @@ class Sfu:
                 answer_sdp = await leg.negotiate(offer_sdp)
             except BaseException:
                 await leg.close()
-                if not call.legs and self._calls.get(call_id) is call:
+                if not call.legs and not call.watchdogs and self._calls.get(call_id) is call:
                     del self._calls[call_id]
                 raise
             if call.closed or self._closed:
@@ -163,7 +163,7 @@ class Sfu:
                 raise CallClosed(f"call {call_id!r} was closed while its offer was answered")
             previous = call.legs.get(party)
             call.legs[party] = leg
-            self._watch(call, leg)
+            self._watch(call, party, leg)
             call.wire()
             if call.recorder is not None:
                 call.recorder.attach(party, leg.publications)
@@ -173,6 +173,19 @@ class Sfu:
                 log.info("media: %s/%s re-offered: replacing its peer connection", call_id, party)
                 self._background(previous.close())
         return answer_sdp
+
+    def expect(self, call_id: str, parties: Iterable[str]) -> None:
+        """The call started: each of ``parties`` must offer and connect within
+        ``connect_timeout_s``, else ``on_media_failed`` is told (a party that never offers
+        would leave the other paying for a black screen)."""
+        if self._closed:
+            return
+        call = self._calls.get(call_id)
+        if call is None:
+            call = self._calls[call_id] = CallMedia(call_id)
+        for party in parties:
+            if party not in call.legs and party not in call.watchdogs:
+                self._watch(call, party, None)
 
     async def add_candidate(
         self,
@@ -269,36 +282,40 @@ class Sfu:
         elif state in ("failed", "closed") and leg.party not in call.watchdogs:
             # The party may still re-offer (a network switch); if it does not in time,
             # nobody should pay for a black screen.
-            self._watch(call, leg)
+            self._watch(call, leg.party, leg)
 
-    def _watch(self, call: CallMedia, leg: Leg) -> None:
-        """Give ``leg`` ``connect_timeout_s`` to be connected, else report media failed."""
-        previous = call.watchdogs.pop(leg.party, None)
+    def _watch(self, call: CallMedia, party: str, leg: Leg | None) -> None:
+        """Give ``party`` ``connect_timeout_s`` to have ``leg`` (None: any offer at all)
+        connected, else report its media failed."""
+        previous = call.watchdogs.pop(party, None)
         if previous is not None:
             previous.cancel()
         if self.on_media_failed is None:
             return
-        task = asyncio.ensure_future(self._watchdog(call, leg, self.on_media_failed))
-        call.watchdogs[leg.party] = task
-        task.add_done_callback(lambda t: _discard(call.watchdogs, leg.party, t))
+        task = asyncio.ensure_future(self._watchdog(call, party, leg, self.on_media_failed))
+        call.watchdogs[party] = task
+        task.add_done_callback(lambda t: _discard(call.watchdogs, party, t))
 
-    async def _watchdog(self, call: CallMedia, leg: Leg, report: MediaFailed) -> None:
+    async def _watchdog(
+        self, call: CallMedia, party: str, leg: Leg | None, report: MediaFailed
+    ) -> None:
         await asyncio.sleep(self.settings.connect_timeout_s)
-        if call.closed or call.legs.get(leg.party) is not leg:
-            return
-        if leg.pc.connectionState == "connected":
+        if call.closed or call.legs.get(party) is not leg:
+            return  # replaced: the new leg has its own watchdog
+        state = leg.pc.connectionState if leg is not None else "no offer"
+        if state == "connected":
             return
         log.warning(
             "media: %s/%s not connected after %ss (%s)",
             call.call_id,
-            leg.party,
+            party,
             self.settings.connect_timeout_s,
-            leg.pc.connectionState,
+            state,
         )
         # Out of the watchdogs first: the report may close the call, which cancels them.
-        call.watchdogs.pop(leg.party, None)
+        call.watchdogs.pop(party, None)
         try:
-            await report(call.call_id, leg.party)
+            await report(call.call_id, party)
         except Exception:
             log.exception("media: the media-failed callback raised")
 

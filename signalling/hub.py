@@ -122,6 +122,8 @@ class MediaServer(Protocol):
 
     async def close_call(self, call_id: str) -> None: ...
 
+    def expect(self, call_id: str, parties: Iterable[str]) -> None: ...
+
 
 class FreeCalls:
     """Hooks for a hub without billing: nothing is charged and there are no gifts."""
@@ -657,6 +659,8 @@ class Hub:
                     record=call.record,
                 ),
             )
+        if self._sfu is not None:
+            self._sfu.expect(call.call_id, call.parties())  # the media watchdog starts
 
     async def _ended(self, call: Call) -> None:
         if self._sfu is not None:

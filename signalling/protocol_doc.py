@@ -99,7 +99,7 @@ END_REASON_MEANINGS: dict[p.EndReason, str] = {
     p.EndReason.PEER_LOST: "A party was disconnected longer than `peer_lost_grace_s`.",
     p.EndReason.MEDIA_FAILED: (
         "In `sfu` mode a party's peer connection with the server was not connected within "
-        "`media.connect_timeout_s` of its offer (or of failing) (§5.5)."
+        "`media.connect_timeout_s` of the call's start, its offer or its failing (§5.5)."
     ),
     p.EndReason.ADMIN: "An operator ended it.",
     p.EndReason.SHUTDOWN: "The server is shutting down (a 1012 close follows).",
@@ -397,9 +397,9 @@ stops. After a reconnect, send a new `rtc.offer`: it replaces your old peer conn
 server never offers, so `rtc.answer` from a client is `invalid_state`; a candidate before
 your offer is `invalid_state`; an offer the server cannot use is `media_failed`.
 If your peer connection with the server is not connected within `media.connect_timeout_s`
-(default $connect_timeout_s s) of your offer, or fails and you do not re-offer within that
-time, the call ends with reason `media_failed`: a paid call never runs on with a black
-screen.
+(default $connect_timeout_s s) of `call.started` (or of your latest offer), or fails and you
+do not re-offer within that time, the call ends with reason `media_failed`: a paid call
+never runs on with a black screen.
 
 In `p2p` mode the hub relays `rtc.offer`, `rtc.answer` and
 `rtc.ice` between the two parties of an **active** call; while it rings they get

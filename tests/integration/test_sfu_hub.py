@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import av
+import pytest
 from aiohttp.test_utils import TestClient
 
 from media.testing import LoopbackClient
@@ -84,8 +85,12 @@ async def test_call_media_through_the_sfu_stops_when_money_runs_out(
         await asyncio.gather(alice.close(), bob.close())
 
 
+@pytest.mark.parametrize("bob_offers", [True, False])
 async def test_a_call_whose_media_never_connects_ends_media_failed(
-    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+    bob_offers: bool,
+    aiohttp_client: AiohttpClient,
+    make_settings: MakeSettings,
+    token_for: MakeToken,
 ) -> None:
     settings = make_settings(
         media=SFU_ON_LOOPBACK | {"connect_timeout_s": 1},
@@ -103,16 +108,18 @@ async def test_a_call_whose_media_never_connects_ends_media_failed(
     cid = (await recv(alice_ws, "ack"))["call_id"]
     await bob_ws.send_json({"type": "call.accept", "call_id": cid})
     await recv(alice_ws, "call.started")
+    started = time.monotonic()  # the media watchdog starts with the call
 
     alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
     try:
         await negotiate(alice_ws, alice, cid)
-        # Bob's offer is answered, but his side never connects (say UDP is blocked).
-        await bob_ws.send_json(
-            {"type": "rtc.offer", "id": "o", "call_id": cid, "sdp": await bob.offer()}
-        )
-        await recv(bob_ws, "rtc.answer")
-        started = time.monotonic()
+        if bob_offers:
+            # Bob's offer is answered, but his side never connects (say UDP is blocked).
+            await bob_ws.send_json(
+                {"type": "rtc.offer", "id": "o", "call_id": cid, "sdp": await bob.offer()}
+            )
+            await recv(bob_ws, "rtc.answer")
+        # else bob's app never offers at all: alice would pay for a black screen.
         ended = [await recv(ws, "call.ended") for ws in (alice_ws, bob_ws)]
         assert [e["reason"] for e in ended] == ["media_failed", "media_failed"]
         assert 0.9 <= time.monotonic() - started < 5

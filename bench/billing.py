@@ -46,6 +46,7 @@ from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 
+from bench.loop import loop_factory
 from billing.ledger import (
     INSUFFICIENT_BALANCE,
     PLATFORM,
@@ -651,19 +652,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # The server runs on uvloop (signalling.cli); so does the bench, for both paths.
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main(args))
 
 

@@ -50,7 +50,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from aiohttp import WSMsgType, web
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import PyMongoError
 
+from bench.loop import loop_factory
 from signalling.app import create_app
 from signalling.auth import Identity, Role, load_keys, mint_token
 from signalling.chat_mongo import INDEXES
@@ -578,19 +579,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # The server runs on uvloop (signalling.cli); so does the bench, for every path.
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             return runner.run(main(args))
         except (BenchError, PyMongoError) as exc:

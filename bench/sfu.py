@@ -52,6 +52,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket
 
 from bench import sfu_capacity
+from bench.loop import loop_factory
 from media.codecs import pinned_codecs
 from media.ice import IcePolicy
 from media.leg import offer_media_kinds
@@ -62,16 +63,6 @@ from media.testing import LoopbackClient
 PARTIES = ("caller", "host")
 CALL = "bench-call"
 VIDEO_BPS = 1_000_000
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # The service runs on uvloop (signalling.cli); so do both servers and the clients here.
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def pin_video_bitrate(pc: RTCPeerConnection, bps: int) -> asyncio.Task[None]:

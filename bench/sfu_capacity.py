@@ -80,6 +80,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
+from bench.loop import loop_factory
 from media.codecs import pinned_codecs
 from media.ice import IcePolicy
 from media.settings import Forwarding, MediaSettings
@@ -118,16 +119,6 @@ MAX_LATE_TICKS: Final = 0.01
 _HEADER: Final = struct.Struct("!BBHIIBBH")
 _RTP_HEADER_LEN: Final = 12
 _MARKER: Final = 0x80
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # As bench/sfu.py: the service runs on uvloop (signalling.cli), so do server and clients.
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 # --- the clip ------------------------------------------------------------------------------

@@ -252,7 +252,28 @@ class Publication:
             self._requests_out += 1
 
 
-class ForwardingTrack(MediaStreamTrack):
+class Subscription:
+    """What every kind of subscriber (``ForwardingTrack``, ``RtpForwarder``) does with the
+    publication it is subscribed to; ``Publication.subscribe`` sets ``_source``."""
+
+    _source: Publication | None = None
+
+    @property
+    def source(self) -> Publication | None:
+        return self._source
+
+    def request_keyframe(self) -> None:
+        """Ask the current source for a keyframe (the subscriber sent PLI/FIR, or we gate)."""
+        if self._source is not None:
+            self._source.request_keyframe()
+
+    # Called by Publication.unsubscribe only.
+    def _detached(self, source: Publication) -> None:
+        if self._source is source:
+            self._source = None
+
+
+class ForwardingTrack(Subscription, MediaStreamTrack):
     """What the SFU sends one subscriber on one m-line: encoded frames as ``av.Packet``.
 
     - bounded: never more than ``capacity`` frames queued. A full audio queue drops its
@@ -269,7 +290,7 @@ class ForwardingTrack(MediaStreamTrack):
         self._capacity = capacity
         self._queue: deque[tuple[EncodedFrame, int]] = deque()
         self._wakeup = asyncio.Event()
-        self._source: Publication | None = None
+        self._source = None
         self._pulling = False
         self._waiting_keyframe = kind == "video"
         self._rebase = True
@@ -279,21 +300,12 @@ class ForwardingTrack(MediaStreamTrack):
         self._dropped = 0
         self._skipped = 0
 
-    @property
-    def source(self) -> Publication | None:
-        return self._source
-
     def stats(self) -> SubscriptionStats:
         return SubscriptionStats(
             frames_forwarded=self._forwarded,
             frames_dropped=self._dropped,
             frames_skipped=self._skipped,
         )
-
-    def request_keyframe(self) -> None:
-        """Ask the current source for a keyframe (the subscriber sent PLI/FIR, or we gate)."""
-        if self._source is not None:
-            self._source.request_keyframe()
 
     def push(self, frame: EncodedFrame) -> None:
         """Queue one encoded frame from the source (called on the event loop)."""
@@ -364,10 +376,6 @@ class ForwardingTrack(MediaStreamTrack):
             self._waiting_keyframe = True
             if self._pulling:
                 self.request_keyframe()
-
-    def _detached(self, source: Publication) -> None:
-        if self._source is source:
-            self._source = None
 
     def _wait_for_keyframe(self) -> None:
         self._waiting_keyframe = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from media.forwarding import SubscriptionStats
+from media.forwarding import Subscription, SubscriptionStats
 
 if TYPE_CHECKING:
     from media.forwarding import Publication
@@ -35,7 +35,7 @@ def seq_newer(a: int, b: int) -> bool:
     return a != b and (a - b) & 0xFFFF < 0x8000
 
 
-class RtpForwarder:
+class RtpForwarder(Subscription):
     """What the SFU sends one subscriber on one m-line, packet by packet.
 
     - gated: video starts at the first packet of a keyframe (a new subscriber, a source
@@ -48,7 +48,7 @@ class RtpForwarder:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.sink: RtpSink | None = None
-        self._source: Publication | None = None
+        self._source = None
         self._ssrc: int | None = None
         self._seq_offset = 0
         self._ts_offset = 0
@@ -63,10 +63,6 @@ class RtpForwarder:
         self._dropped = 0
         self._skipped = 0
 
-    @property
-    def source(self) -> Publication | None:
-        return self._source
-
     def stats(self) -> SubscriptionStats:
         return SubscriptionStats(
             frames_forwarded=self._frames,
@@ -74,11 +70,6 @@ class RtpForwarder:
             frames_skipped=self._skipped,
             packets_forwarded=self._packets,
         )
-
-    def request_keyframe(self) -> None:
-        """Ask the current source for a keyframe (the subscriber sent PLI/FIR, or we gate)."""
-        if self._source is not None:
-            self._source.request_keyframe()
 
     def forward(
         self,
@@ -159,10 +150,6 @@ class RtpForwarder:
             self._waiting_keyframe = True
             if self.sink is not None:
                 self.request_keyframe()
-
-    def _detached(self, source: Publication) -> None:
-        if self._source is source:
-            self._source = None
 
     def _new_source(self) -> None:
         # Offsets are set on the first packet actually sent (after the keyframe gate), so

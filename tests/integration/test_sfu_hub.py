@@ -32,6 +32,26 @@ async def negotiate(ws: aiohttp.ClientWebSocketResponse, client: LoopbackClient,
     await client.accept(answer["sdp"])
 
 
+async def paid_call(
+    client: TestClient[Any, Any], token_for: MakeToken, *, coins: int, record: bool = False
+) -> tuple[aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse, str, dict[str, Any]]:
+    """alice (given ``coins``) calls host bob, who accepts: (alice_ws, bob_ws, call id,
+    alice's call.started)."""
+    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
+    body = {"user_id": "alice", "amount": coins, "idempotency_key": "k"}
+    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
+    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
+    assert (await recv(alice_ws, "welcome"))["media"] == "sfu"
+    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+    await recv(bob_ws, "welcome")
+    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob", "record": record})
+    cid = (await recv(alice_ws, "ack"))["call_id"]
+    await bob_ws.send_json({"type": "call.accept", "call_id": cid, "record": record})
+    started = await recv(alice_ws, "call.started")
+    await recv(bob_ws, "call.started")
+    return alice_ws, bob_ws, cid, started
+
+
 async def test_call_media_through_the_sfu_stops_when_money_runs_out(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
 ) -> None:
@@ -41,19 +61,8 @@ async def test_call_media_through_the_sfu_stops_when_money_runs_out(
         billing={"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 7},
     )
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
-    body = {"user_id": "alice", "amount": 28, "idempotency_key": "k"}  # four minutes
-    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
-
-    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
-    assert (await recv(alice_ws, "welcome"))["media"] == "sfu"
-    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
-    await recv(bob_ws, "welcome")
-    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
-    cid = (await recv(alice_ws, "ack"))["call_id"]
-    await bob_ws.send_json({"type": "call.accept", "call_id": cid})
-    assert (await recv(alice_ws, "call.started"))["media"] == "sfu"
-    await recv(bob_ws, "call.started")
+    alice_ws, bob_ws, cid, started = await paid_call(client, token_for, coins=28)  # 4 minutes
+    assert started["media"] == "sfu"
 
     alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
     try:
@@ -97,17 +106,7 @@ async def test_a_call_whose_media_never_connects_ends_media_failed(
         billing={"minute_seconds": 60, "default_rate": 7},
     )
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
-    body = {"user_id": "alice", "amount": 70, "idempotency_key": "k"}
-    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
-    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
-    await recv(alice_ws, "welcome")
-    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
-    await recv(bob_ws, "welcome")
-    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
-    cid = (await recv(alice_ws, "ack"))["call_id"]
-    await bob_ws.send_json({"type": "call.accept", "call_id": cid})
-    await recv(alice_ws, "call.started")
+    alice_ws, bob_ws, cid, _ = await paid_call(client, token_for, coins=70)
     started = time.monotonic()  # the media watchdog starts with the call
 
     alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
@@ -137,17 +136,7 @@ async def test_a_party_that_reconnects_renegotiates_and_gets_media_back(
 ) -> None:
     settings = make_settings(media=SFU_ON_LOOPBACK, hub={"peer_lost_grace_s": 10})
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-    admin = {"Authorization": "Bearer " + token_for("root", "admin")}
-    body = {"user_id": "alice", "amount": 1000, "idempotency_key": "k"}
-    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
-    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
-    await recv(alice_ws, "welcome")
-    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
-    await recv(bob_ws, "welcome")
-    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
-    cid = (await recv(alice_ws, "ack"))["call_id"]
-    await bob_ws.send_json({"type": "call.accept", "call_id": cid})
-    await recv(alice_ws, "call.started")
+    alice_ws, bob_ws, cid, _ = await paid_call(client, token_for, coins=1000)
 
     alice, bob = LoopbackClient("alice"), LoopbackClient("bob")
     bob_again = LoopbackClient("bob")
@@ -184,16 +173,8 @@ async def test_a_consented_call_is_recorded_and_downloadable(
     media = {**SFU_ON_LOOPBACK, "recording": "opt_in", "record_dir": str(tmp_path / "rec")}
     client: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings(media=media)))
     admin = {"Authorization": "Bearer " + token_for("root", "admin")}
-    body = {"user_id": "alice", "amount": 1000, "idempotency_key": "k"}
-    assert (await client.post("/v1/admin/credit", json=body, headers=admin)).status == 200
-    alice_ws = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
-    await recv(alice_ws, "welcome")
-    bob_ws = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
-    await recv(bob_ws, "welcome")
-    await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob", "record": True})
-    cid = (await recv(alice_ws, "ack"))["call_id"]
-    await bob_ws.send_json({"type": "call.accept", "call_id": cid, "record": True})
-    assert (await recv(alice_ws, "call.started"))["record"] is True
+    alice_ws, bob_ws, cid, started_msg = await paid_call(client, token_for, coins=1000, record=True)
+    assert started_msg["record"] is True
     started = time.monotonic()
 
     alice, bob = LoopbackClient("alice"), LoopbackClient("bob")

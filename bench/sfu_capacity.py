@@ -83,6 +83,7 @@ from av.packet import Packet
 from bench.loop import loop_factory
 from media.codecs import pinned_codecs
 from media.ice import IcePolicy
+from media.rtp import is_rtcp
 from media.settings import Forwarding, MediaSettings
 from media.sfu import Sfu
 
@@ -454,7 +455,7 @@ class Party:
         got = self.received
 
         def data_received(data: bytes, component: int) -> None:
-            if len(data) > _RTP_HEADER_LEN and 127 < data[0] < 192 and not 191 < data[1] < 224:
+            if len(data) > _RTP_HEADER_LEN and 127 < data[0] < 192 and not is_rtcp(data):
                 try:
                     plain = unprotect(data)
                 except pylibsrtp.Error:

@@ -31,8 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Nominal frame spacing used to keep timestamps moving forward across a source switch.
 _FRAMES_PER_SECOND = {"audio": 50, "video": 30}
+
+
+def frame_step(kind: str, clock_rate: int) -> int:
+    """One nominal frame in RTP clock units: how far timestamps move on across a source
+    switch, so they keep counting up."""
+    return clock_rate // _FRAMES_PER_SECOND.get(kind, 30)
 
 
 @functools.cache
@@ -129,11 +134,7 @@ class Publication:
             # Frame forwarding. Under RTP forwarding frames only reach here for the taps
             # (a recorded call), and on_rtp has counted them.
             self._frames += 1
-            if frame.keyframe:
-                self._keyframes += 1
-                self._keyframe_wanted = False
-            elif self._keyframe_wanted:
-                self._maybe_send_pli()
+            self._saw(keyframe=frame.keyframe)
             if not self._subscribers:
                 self._unsubscribed += 1
         for track in self._subscribers:
@@ -164,11 +165,7 @@ class Publication:
             self._frames += 1
             if not self._rtp_subscribers:
                 self._unsubscribed += 1
-        if keyframe_start and self.kind == "video":
-            self._keyframes += 1
-            self._keyframe_wanted = False
-        elif self._keyframe_wanted:
-            self._maybe_send_pli()
+        self._saw(keyframe=keyframe_start and self.kind == "video")
         for forwarder in self._rtp_subscribers:
             forwarder.forward(
                 ssrc,
@@ -242,6 +239,15 @@ class Publication:
             keyframe_requests_received=self._requests_in,
             keyframe_requests_sent=self._requests_out,
         )
+
+    def _saw(self, *, keyframe: bool) -> None:
+        """A frame (or its first packet): a keyframe settles a pending request, anything
+        else retries it when its interval allows."""
+        if keyframe:
+            self._keyframes += 1
+            self._keyframe_wanted = False
+        elif self._keyframe_wanted:
+            self._maybe_send_pli()
 
     def _maybe_send_pli(self) -> None:
         now = self._clock.monotonic()
@@ -386,5 +392,5 @@ class ForwardingTrack(Subscription, MediaStreamTrack):
         if self._last_pts is None:
             self._offset = -frame.timestamp
         else:
-            step = frame.clock_rate // _FRAMES_PER_SECOND.get(self.kind, 30)
+            step = frame_step(self.kind, frame.clock_rate)
             self._offset = self._last_pts + step - frame.timestamp

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from media.forwarding import Subscription, SubscriptionStats
+from media.forwarding import Subscription, SubscriptionStats, frame_step
 
 if TYPE_CHECKING:
     from media.forwarding import Publication
-
-# Nominal frame spacing used to keep timestamps moving forward across a source switch.
-_FRAMES_PER_SECOND = {"audio": 50, "video": 30}
 
 
 class RtpSink(Protocol):
@@ -109,7 +106,7 @@ class RtpForwarder(Subscription):
             if self._last_seq is not None:
                 self._seq_offset = self._last_seq + 1 - sequence
                 if self._new_timeline:
-                    step = clock_rate // _FRAMES_PER_SECOND.get(self.kind, 30)
+                    step = frame_step(self.kind, clock_rate)
                     self._ts_offset = self._last_ts + step - timestamp
             self._new_timeline = False
         out_seq = (sequence + self._seq_offset) & 0xFFFF

@@ -247,7 +247,8 @@ class Leg:
             raise NegotiationError("the offer has media sections the SFU did not expect")
 
     def _request_pli(self, receiver: RTCRtpReceiver, publication: Publication) -> bool:
-        ssrc = publication.ssrc or media_ssrc(receiver)
+        # SSRC 0 is valid (RFC 3550): only None means unknown.
+        ssrc = publication.ssrc if publication.ssrc is not None else media_ssrc(receiver)
         if ssrc is None or self._closed:
             return False
         self._spawn(send_pli(receiver, ssrc))

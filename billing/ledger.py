@@ -149,6 +149,8 @@ class GiftSent:
     price: int
     host_credit: int
     sender_balance: int  # sender's wallet after the gift
+    entry_id: int  # the journal entry: the same on every replay of the key
+    replayed: bool = False  # True when the key had been used: nothing moved this time
 
 
 @dataclass(frozen=True, slots=True)

@@ -422,7 +422,12 @@ class MemoryLedger:
         first = self._first_use(full_key, rhash)
         if first is not None:
             return GiftSent(
-                first["gift_id"], first["price"], first["host_credit"], first["sender_balance"]
+                first["gift_id"],
+                first["price"],
+                first["host_credit"],
+                first["sender_balance"],
+                entry_id=self._by_key[full_key].id,
+                replayed=True,
             )
         gift = self._gifts.get(gift_id)
         if gift is None or not gift.active:
@@ -431,18 +436,17 @@ class MemoryLedger:
         if wallet < gift.price:
             raise InsufficientFunds(f"{sender} has {wallet} coins, the gift costs {gift.price}")
         to_host = host_part(gift.price, share_bps)
-        sent = GiftSent(gift_id, gift.price, to_host, wallet - gift.price)
         meta = {
             "receiver": receiver,
             "gift_id": gift_id,
             "price": gift.price,
             "host_credit": to_host,
-            "sender_balance": sent.sender_balance,
+            "sender_balance": wallet - gift.price,
         }
-        self._post(
+        entry = self._post(
             full_key, rhash, "gift", meta, self._charge(gift.price, share_bps, sender, receiver)
         )
-        return sent
+        return GiftSent(gift_id, gift.price, to_host, wallet - gift.price, entry_id=entry.id)
 
     # --- money in and out -----------------------------------------------------------------
 

@@ -264,8 +264,16 @@ class _Account:
     balance: int
 
 
-def _gift_sent(first: dict[str, Any]) -> GiftSent:
-    return GiftSent(first["gift_id"], first["price"], first["host_credit"], first["sender_balance"])
+async def _gift_replayed(conn: Conn, key: str, first: dict[str, Any]) -> GiftSent:
+    entry_id: int = await conn.fetchval("SELECT id FROM journal WHERE key = $1", key)
+    return GiftSent(
+        first["gift_id"],
+        first["price"],
+        first["host_credit"],
+        first["sender_balance"],
+        entry_id=entry_id,
+        replayed=True,
+    )
 
 
 def _stop_reason(row: asyncpg.Record) -> str:
@@ -657,31 +665,32 @@ class PgLedger:
                 price: int = gift["price"]
                 accounts = await _lock_user_accounts(conn, [(sender, WALLET), (receiver, EARNINGS)])
                 if (again := await _first_use(conn, full_key, rhash)) is not None:
-                    return _gift_sent(again)  # a concurrent retry committed while we waited
+                    # A concurrent retry committed while we waited.
+                    return await _gift_replayed(conn, full_key, again)
                 wallet = accounts[(sender, WALLET)]
                 if wallet.balance < price:
                     raise InsufficientFunds(
                         f"{sender} has {wallet.balance} coins, the gift costs {price}"
                     )
                 to_host = host_part(price, share_bps)
-                sent = GiftSent(gift_id, price, to_host, wallet.balance - price)
                 meta = {
                     "receiver": receiver,
                     "gift_id": gift_id,
                     "price": price,
                     "host_credit": to_host,
-                    "sender_balance": sent.sender_balance,
+                    "sender_balance": wallet.balance - price,
                 }
                 moves = [
                     (wallet.id, -price),
                     (accounts[(receiver, EARNINGS)].id, to_host),
                     (await self._system_account(conn, PLATFORM), price - to_host),
                 ]
-                if await _claim_and_move(conn, full_key, rhash, "gift", meta, moves) is not None:
-                    return sent
+                entry = await _claim_and_move(conn, full_key, rhash, "gift", meta, moves)
+                if entry is not None:
+                    return GiftSent(gift_id, price, to_host, wallet.balance - price, entry_id=entry)
                 first = await _first_use(conn, full_key, rhash)
                 assert first is not None
-        return _gift_sent(first)
+            return await _gift_replayed(conn, full_key, first)
 
     # --- money in and out -----------------------------------------------------------------
 

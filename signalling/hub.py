@@ -32,6 +32,7 @@ from .errors import CallError, JalwaError
 from .presence import PresenceRecord, PresenceStore
 from .protocol import (
     Ack,
+    BillingLowBalance,
     CallAccept,
     CallCancel,
     CallEnd,
@@ -73,6 +74,9 @@ from .settings import HubSettings
 class StartTerms:
     rate: int = 0
     balance: int | None = None
+    # Set when fewer paid minutes remain than the warning threshold: the payer is warned
+    # with call.started, not only at the next tick (§5.6).
+    low_balance_minutes_left: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +663,11 @@ class Hub:
                     record=call.record,
                 ),
             )
+        if terms.low_balance_minutes_left is not None:
+            warning = BillingLowBalance(
+                call_id=call.call_id, minutes_left=terms.low_balance_minutes_left
+            )
+            self.deliver(call.payer.user_id, warning)
         if self._sfu is not None:
             self._sfu.expect(call.call_id, call.parties())  # the media watchdog starts
 

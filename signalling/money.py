@@ -14,7 +14,7 @@ from billing.errors import (
     InvalidAmount,
     NotFound,
 )
-from billing.ledger import CallTerms, Ledger, Stop, Tick
+from billing.ledger import CallTerms, Ledger, Stop, Tick, minutes_left
 from billing.settings import BillingSettings
 
 from .auth import Identity, Role
@@ -89,7 +89,9 @@ class LedgerHooks:
         finally:
             done.set_result(None)
             del self._opening[call.call_id]
-        return StartTerms(rate=opened.rate, balance=opened.balance)
+        left = minutes_left(opened.balance, opened.rate)
+        low = left if left < self._settings.low_balance_minutes else None
+        return StartTerms(rate=opened.rate, balance=opened.balance, low_balance_minutes_left=low)
 
     async def call_ended(self, call: Call) -> EndFigures:
         opening = self._opening.get(call.call_id)
@@ -157,17 +159,25 @@ class Gifts:
             theirs = await self._ledger.balances(receiver.user_id)
         except BillingError as exc:
             raise protocol_error(exc) from exc
-        hub = self._hub
+        reply = (
+            Ack(id=msg.id, balance=mine.wallet, entry_id=sent.entry_id)
+            if msg.id is not None
+            else None
+        )
+        if sent.replayed:
+            # A retry of a gift already sent: the host heard of it the first time (§5.7).
+            return reply, []
         gift = GiftReceived(
             sender=user_info(sender),
             gift_id=msg.gift_id,
             coins=sent.host_credit,
+            entry_id=sent.entry_id,
             call_id=msg.call_id,
         )
         balance = WalletBalance(wallet=theirs.wallet, earnings=theirs.earnings)
-        await hub.deliver_anywhere(receiver.user_id, gift, balance)
+        await self._hub.deliver_anywhere(receiver.user_id, gift, balance)
         session.send(WalletBalance(wallet=mine.wallet, earnings=mine.earnings))
-        return (Ack(id=msg.id, balance=mine.wallet) if msg.id is not None else None), []
+        return reply, []
 
     async def _receiver(self, session: Session, msg: GiftSend) -> Identity:
         """The host the gift is for: the peer of the named call, or any online host."""

@@ -308,6 +308,7 @@ class Ack(ServerMessage, tag="ack"):
     call_id: str | None = None
     presence: dict[str, ShownStatus] | None = None
     balance: int | None = None
+    entry_id: int | None = None
     message: ChatMessage | None = None
     messages: list[ChatMessage] | None = None
     next_before: str | None = None
@@ -418,6 +419,7 @@ class GiftReceived(ServerMessage, tag="gift.received"):
     sender: UserInfo = msgspec.field(name="from")
     gift_id: str
     coins: int
+    entry_id: int
     call_id: str | None = None
 
 

@@ -173,6 +173,7 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("CallAccept", "record"): "consent to record, if the caller asked",
     ("RtcIce", "candidate"): "`null` or absent: end of candidates",
     ("Ack", "balance"): "after `gift.send`: your wallet's coins",
+    ("Ack", "entry_id"): "after `gift.send`: the gift's ledger entry, the same on a retry",
     ("BillingTick", "minute"): "1-based minute of the call just paid",
     ("BillingTick", "charged"): "coins charged for it",
     ("BillingTick", "balance"): "your wallet after the charge",
@@ -181,6 +182,7 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("WalletBalance", "earnings"): "earned coins (withdrawable); absent when not known",
     ("GiftReceived", "from"): "the sender",
     ("GiftReceived", "coins"): "what the gift added to your earnings (your share)",
+    ("GiftReceived", "entry_id"): "the gift's ledger entry: one gift, one entry, one frame",
     ("GiftSend", "idempotency_key"): "a retry with the same key changes nothing",
     ("GiftSend", "call_id"): "the call the gift is sent in, if any",
     ("Ack", "message"): "after `chat.send`: the stored message (the original, for a retry)",
@@ -418,17 +420,20 @@ S5_6 = """\
 Minutes are prepaid: the first is charged when the call starts (a caller who cannot pay
 one minute gets `insufficient_balance` at `call.invite`), each next one when it begins.
 The payer gets `billing.tick` and `wallet.balance` for every minute charged after the
-first, and `billing.low_balance` with each tick while fewer than the configured number of
-minutes remain. When the next minute cannot be paid the call ends with reason
+first, and `billing.low_balance` while fewer than the configured number of further
+minutes remain: right after `call.started` if the call starts that way, then with each
+tick. When the next minute cannot be paid the call ends with reason
 `insufficient_balance`."""
 
 S5_7 = """\
 `gift.send` pays for a catalog gift (`GET /v1/gifts`) from the sender's wallet and
 credits the receiving host's earnings with their share. The receiver must be a host, and
 when `call_id` is given it must be the other party of that active call. The ack carries the
-sender's new `balance`; the sender and the receiver also get `wallet.balance`, and the
-receiver `gift.received`. A retry with the same `idempotency_key` (per sender) is acked
-again and changes nothing; the same key for another gift is `idempotency_conflict`."""
+sender's new `balance` and the gift's `entry_id`; the sender and the receiver also get
+`wallet.balance`, and the receiver `gift.received` with the same `entry_id`. A retry with
+the same `idempotency_key` (per sender) is acked again with the same `entry_id` and
+changes nothing: nobody is charged or notified a second time. The same key for another
+gift is `idempotency_conflict`."""
 
 S9 = """\
 Chat messages are stored (MongoDB in production) before they are acked."""

@@ -19,6 +19,7 @@ fail, they never skip.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -460,12 +461,12 @@ async def test_replays_return_the_first_result_and_change_nothing(books: Books) 
     assert await ledger.credit("k1", "payer", 10, admin="root") == credited
     assert await ledger.open_call(terms(rate=7)) == opened
     assert opened.balance == 103
-    assert (
-        await ledger.send_gift(
-            "g1", sender="payer", receiver="host", gift_id="rose", share_bps=5000
-        )
-        == sent
+    again = await ledger.send_gift(
+        "g1", sender="payer", receiver="host", gift_id="rose", share_bps=5000
     )
+    # The replay is recognisable (same entry, flagged) so nobody is notified twice.
+    assert not sent.replayed and again.replayed
+    assert again == dataclasses.replace(sent, replayed=True)
     assert sent.sender_balance == 98
     assert await ledger.request_withdrawal("w1", "host", 3) == asked
 
@@ -875,7 +876,10 @@ async def test_a_retry_racing_its_original_gets_the_original_result(books: Books
             for _ in range(2)
         )
     )
-    assert results[0] == results[1] and results[0].sender_balance == 7
+    # Exactly one of them moved the money; the other is told it was a replay.
+    assert sorted(r.replayed for r in results) == [False, True]
+    assert len({dataclasses.replace(r, replayed=False) for r in results}) == 1
+    assert results[0].sender_balance == 7
     opened = await asyncio.gather(
         *(books.ledger.open_call(terms("c1", "fan", "host", 7)) for _ in range(2))
     )

@@ -91,6 +91,28 @@ async def test_call_is_billed_per_minute_until_money_runs_out(
     ]
 
 
+async def test_a_call_that_starts_low_is_warned_at_once(
+    client: TestClient[Any, Any], token_for: MakeToken
+) -> None:
+    await credit(client, token_for("root", "admin"), "alice", 14, "k1")
+    alice = await connect(client, token_for("alice"))
+    bob = await connect(client, token_for("bob", "host"))
+    await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+    cid = (await recv(alice, "ack"))["call_id"]
+    await bob.send_json({"type": "call.accept", "call_id": cid})
+    assert (await recv(alice, "call.started"))["balance"] == 7
+    # 7 coins pay 1 more minute, fewer than low_balance_minutes (2): warned with the start,
+    # before the first tick.
+    frame = await alice.receive_json()
+    assert (frame["type"], frame["call_id"], frame["minutes_left"]) == (
+        "billing.low_balance",
+        cid,
+        1,
+    )
+    assert (await recv(alice, "billing.tick"))["minute"] == 2
+    assert (await recv(alice, "call.ended"))["reason"] == "insufficient_balance"
+
+
 async def test_hangup_stops_billing(client: TestClient[Any, Any], token_for: MakeToken) -> None:
     await credit(client, token_for("root", "admin"), "alice", 100, "k1")
     alice = await connect(client, token_for("alice"))
@@ -139,14 +161,23 @@ async def test_gifts(client: TestClient[Any, Any], token_for: MakeToken) -> None
     bob = await connect(client, token_for("bob", "host"))
     gift = {"type": "gift.send", "to": "bob", "gift_id": "rose", "idempotency_key": "g1"}
     await alice.send_json({**gift, "id": "1"})
-    assert (await recv(alice, "ack"))["balance"] == 7
+    first = await recv(alice, "ack")
+    assert first["balance"] == 7
     got = await recv(bob, "gift.received")
     assert (got["from"]["id"], got["coins"]) == ("alice", 2)  # floor(5 * 50%)
+    assert got["entry_id"] == first["entry_id"]
     assert (await recv(bob, "wallet.balance"))["earnings"] == 2
     await alice.send_json({**gift, "id": "2"})  # a retry: acked, nothing moves
-    assert (await recv(alice, "ack"))["balance"] == 7
+    retry = await recv(alice, "ack")
+    assert (retry["balance"], retry["entry_id"]) == (7, first["entry_id"])
     await alice.send_json({**gift, "id": "3", "idempotency_key": "g2"})
-    assert (await recv(alice, "ack"))["balance"] == 2
+    second = await recv(alice, "ack")
+    assert second["balance"] == 2
+    # The host heard of the retry not at all: its next frames are the second gift's.
+    assert [(f["type"], f.get("entry_id")) for f in [await bob.receive_json() for _ in "ab"]] == [
+        ("gift.received", second["entry_id"]),
+        ("wallet.balance", None),
+    ]
     await alice.send_json({**gift, "id": "4", "idempotency_key": "g3"})
     assert (await recv(alice, "error"))["code"] == "insufficient_balance"
     await alice.send_json({**gift, "id": "5", "gift_id": "tulip", "idempotency_key": "g4"})

@@ -127,8 +127,10 @@ CLOSE_MEANINGS: dict[int, tuple[str, str]] = {
     ),
     p.CloseCode.FORBIDDEN: ("", "Reserved for refused access; not sent by this version."),
     p.CloseCode.POLICY: (
-        "rate limit exceeded, or slow consumer",
-        "Flooding (§6), or the client read too slowly and its queued frames were dropped.",
+        "rate limit exceeded; too many connections from your address; connecting too often"
+        " from your address; reconnecting too often",
+        "Flooding (§6), or a connection limit (§6): back off before reconnecting. A client"
+        " dropped for reading too slowly sees the connection cut (1006), not this code.",
     ),
     p.CloseCode.REPLACED: (
         "replaced by a newer session",
@@ -251,12 +253,15 @@ a known field that is missing, mistyped or out of range makes the message invali
 frame is handled completely, in order, before the next is read.
 
 - A binary frame gets error `binary_not_supported`.
-- A text frame longer than `max_frame_bytes` (default $max_frame_bytes; counted in
-  characters of the decoded text) gets `frame_too_large` and is not read.
-- A frame larger than `hard_frame_bytes` (default $hard_frame_bytes bytes) closes the
-  connection with **$MESSAGE_TOO_BIG** (§7).
+- A text frame of more than `max_frame_bytes` bytes of UTF-8 (default $max_frame_bytes)
+  gets `frame_too_large` and is not handled; one of exactly that size is handled.
+- A frame of more than `hard_frame_bytes` bytes (default $hard_frame_bytes) closes the
+  connection with **$MESSAGE_TOO_BIG** (§7); one of exactly that size gets
+  `frame_too_large`.
 - Not a JSON object: `bad_json`. `type` missing or not a string: `invalid_message`. Unknown
-  `type`: `unknown_type`. A bad field: `invalid_message`, naming the field.
+  `type`: `unknown_type`. A bad field: `invalid_message`, naming the field. A string with a
+  lone surrogate escape (`"\\ud800"`, not valid Unicode) and a frame nested too deeply for
+  the decoder (about a thousand levels) are `invalid_message` too.
 
 **Ids, acks and errors.** A client message may carry `id`, a string of at most 64
 characters chosen by the client. Every client message that carries an `id` gets exactly one
@@ -265,8 +270,8 @@ errors (without `id`). The server does not check that ids are unique; reusing on
 makes replies ambiguous. Precisely:
 
 - an `error` echoes the `id` only when it could be read: the frame is a JSON object whose
-  `id` is a string of at most 64 characters. `frame_too_large` and `binary_not_supported`
-  errors never carry an `id`;
+  `id` is a string of at most 64 characters (valid Unicode), at the top level. This holds
+  for `frame_too_large`, `binary_not_supported` and `rate_limited` too;
 - the frame that trips the flood limit gets no reply: the connection closes (§6);
 - the reply comes before the call events its message causes: the `ack` of `call.invite`,
   with the new `call_id`, arrives before `call.ringing` (§8);
@@ -482,8 +487,20 @@ server closes with **$POLICY** `rate limit exceeded` instead of replying; any ac
 resets the count.
 
 **Slow consumers.** The server queues at most `send_queue_max` frames (default
-$send_queue_max) for a client; one more and the queued frames are dropped and the
-connection closes with **$POLICY** `slow consumer`."""
+$send_queue_max) and `send_queue_max_bytes` bytes (default $send_queue_max_bytes) for a
+client; an empty queue always takes one frame, however large. One more and the queued
+frames are dropped and the connection is cut without a close frame (the client would not
+read it; it sees 1006). So is a client that takes no frame for `send_timeout_s` seconds
+(default $send_timeout_s) while frames wait for it: a client that stops reading is treated
+like one whose connection dropped (it shows `offline`, its call waits `peer_lost_grace_s`
+for it). A client that neither reads nor is sent anything is found by the ping (§1).
+
+**Connection limits.** One client address may hold `max_connections_per_ip` open
+connections (default $max_connections_per_ip) and open new ones at `connects_per_ip_per_s`
+per second (bursts of $connect_burst_per_ip); one user may start `connects_per_user_per_min`
+sessions a minute (bursts of $connect_burst_per_user). Past a limit the connection is
+upgraded and closed at once with **$POLICY** and the reason (§7). Behind a reverse proxy the
+client address comes from `X-Forwarded-For` when the proxy is in `trusted_proxies`."""
 
 S7 = """\
 Close reasons are short texts for people; match on the code."""
@@ -792,7 +809,7 @@ EXAMPLE: tuple[ExampleStep, ...] = (
         p.Welcome(
             session_id="s_Qm4xT1vZ8pLa2Rkc",
             user=_ALICE,
-            heartbeat_s=20.0,
+            heartbeat_s=10.0,
             ice_servers=[p.IceServerInfo(urls=["stun:stun.example.net:3478"])],
             media="p2p",
         ),

@@ -161,6 +161,8 @@ class Withdrawal:
     state: WithdrawalState
     created_at: float
     decided_at: float | None
+    # On request_withdrawal's result only: the key had been used, nothing moved this time.
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ transaction gives the PostgreSQL adapter.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -509,7 +510,7 @@ class MemoryLedger:
         if existing is not None:
             if existing.amount != amount:
                 raise IdempotencyConflict(f"withdrawal key {key!r} was used for another amount")
-            return existing.public()
+            return dataclasses.replace(existing.public(), replayed=True)
         earnings = self._balance((host, EARNINGS))
         if earnings < amount:
             raise InsufficientFunds(f"{host} has {earnings} withdrawable coins")

@@ -15,6 +15,7 @@ UPDATE itself, which keeps the hot rows locked for the shortest time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -792,7 +793,7 @@ class PgLedger:
             return None
         if row["amount"] != amount:
             raise IdempotencyConflict(f"withdrawal key {key!r} was used for another amount")
-        return _withdrawal(row)
+        return dataclasses.replace(_withdrawal(row), replayed=True)
 
     async def decide_withdrawal(
         self, withdrawal_id: int, *, approve: bool, admin: str

@@ -35,14 +35,15 @@ from .chat_mongo import MongoChat
 from .chat_service import CHAT, ChatService
 from .clock import Clock, SystemClock
 from .errors import ConfigError
-from .http_api import BILLING_SETTINGS, LEDGER, SFU, add_routes
+from .http_api import BILLING_SETTINGS, LEDGER, SFU, add_routes, json_errors
 from .hub import CallHooks, Hub
+from .limits import ConnectionLimiter
 from .money import Gifts, HubBillingEvents, LedgerHooks
 from .presence import MemoryPresence, MemoryWorld, PresenceStore
 from .presence_redis import RedisPresence
 from .router import LocalRouter, RedisRouter, Router
 from .settings import Settings
-from .ws import HUB, HUB_SETTINGS, VERIFIER, websocket
+from .ws import CONNECTIONS, HUB, HUB_SETTINGS, VERIFIER, websocket
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeyMaterial)
@@ -68,12 +69,13 @@ def create_app(
             "development mode: JWTs are signed with the local key in %s; never expose this",
             settings.auth.dev_key_file,
         )
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors])
     app[SETTINGS] = settings
     app[KEYS] = keys
     app[CLOCK] = clock or SystemClock()
     app[HUB_SETTINGS] = settings.hub
     app[VERIFIER] = TokenVerifier(keys, settings.auth)
+    app[CONNECTIONS] = ConnectionLimiter(settings.hub, app[CLOCK])
     app[BILLING_SETTINGS] = settings.billing
     app.cleanup_ctx.append(_ledger_context)
     app.cleanup_ctx.append(_chat_context)

@@ -84,6 +84,16 @@ def _dev_secret(auth: AuthSettings, *, create: bool) -> bytes:
     return data
 
 
+_JWT_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.InvalidSignatureError, ": bad signature"),
+    (jwt.InvalidAlgorithmError, ": algorithm not accepted"),
+    (jwt.InvalidAudienceError, ": wrong audience"),
+    (jwt.InvalidIssuerError, ": wrong issuer"),
+    (jwt.ImmatureSignatureError, ": not valid yet"),
+    (jwt.DecodeError, ": malformed"),
+)
+
+
 class TokenVerifier:
     def __init__(self, keys: KeyMaterial, auth: AuthSettings) -> None:
         self._keys = keys
@@ -112,8 +122,13 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired", code="token_expired") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"invalid token: no {exc.claim} claim", code="token_invalid") from exc
         except jwt.PyJWTError as exc:
-            raise AuthError(f"invalid token: {exc}", code="token_invalid") from exc
+            # A fixed text per kind of failure: the library's message can echo the token's
+            # bytes and decoder internals back to whoever sent it.
+            reason = next((text for kind, text in _JWT_REASONS if isinstance(exc, kind)), "")
+            raise AuthError(f"invalid token{reason}", code="token_invalid") from exc
         return identity_from_claims(claims)
 
 

@@ -1,11 +1,14 @@
 """REST: wallet, history, gifts, withdrawals, and the admin endpoints (JWT bearer auth).
 
 Errors are JSON ``{"error": code, "message": ...}`` with the status the billing error
-carries; bodies are decoded into typed Structs, so a non-integer amount is a 400.
+carries, including aiohttp's own (unknown route, wrong method, body too large) via
+``json_errors``; bodies are decoded into typed Structs, so a non-integer amount is a 400.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Annotated, Any, TypeVar, cast
@@ -15,7 +18,7 @@ from aiohttp import web
 
 from billing import receipts
 from billing.errors import BillingError
-from billing.ledger import Gift, Ledger, WithdrawalState
+from billing.ledger import Gift, Ledger, Withdrawal, WithdrawalState
 from billing.settings import BillingSettings
 from media.sfu import Sfu
 
@@ -31,7 +34,8 @@ LEDGER = web.AppKey("ledger", Ledger)
 SFU = web.AppKey("sfu", Sfu)
 BILLING_SETTINGS = web.AppKey("billing_settings", BillingSettings)
 SIGNATURE_HEADER = "X-Jalwa-Signature"
-MAX_PAGE = 100
+MAX_PAGE = 200  # the same cap as chat.history over the WebSocket (docs/api.md)
+log = logging.getLogger(__name__)
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 Amount = Annotated[int, msgspec.Meta(gt=0)]
@@ -62,6 +66,47 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
 
+class BadQuery(JalwaError):
+    """A query parameter that is not what the route takes (400)."""
+
+    code = "invalid_request"
+    status = 400
+
+
+# aiohttp's own refusals, as codes: what a client can branch on without reading prose.
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "token_invalid",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error the API answers is JSON ``{error, message}`` (docs/api.md), including
+    aiohttp's 404/405/413 and a handler's unexpected failure (500, details only in the log)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        text = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return _error(exc.status, code, text or exc.reason)
+    except BadQuery as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except Exception:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise  # the socket has its own close codes; there is no HTTP reply left to send
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal", "internal error; it has been logged")
+
+
 Handler = Callable[[web.Request, Identity], Awaitable[web.StreamResponse]]
 
 
@@ -89,6 +134,8 @@ def authed(
                 return _error(400, "invalid_request", str(exc))
             except msgspec.DecodeError as exc:
                 return _error(400, "invalid_request", f"body is not valid JSON: {exc}")
+            except BadQuery as exc:
+                return _error(exc.status, exc.code, exc.message)
 
         return run
 
@@ -108,13 +155,31 @@ def _int_query(
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
-    if value < 0 or (hi is not None and value > hi):
-        raise web.HTTPBadRequest(text=f"{name} out of range")
+    # int() also takes "²", "٣" and "1_0"; a query takes plain ASCII digits only.
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadQuery(f"{name} must be a non-negative integer")
+    value = int(raw)
+    if hi is not None and value > hi:
+        raise BadQuery(f"{name} must be at most {hi}")
     return value
+
+
+def _time_query(request: web.Request, name: str) -> float | None:
+    """A unix time in seconds (``next_before`` of the last page), or None when absent."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    whole, _, fraction = raw.partition(".")
+    if not (raw.isascii() and whole.isdigit() and (fraction == "" or fraction.isdigit())):
+        raise BadQuery(f"{name} must be a unix time in seconds, like 1767225600.25")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise BadQuery(f"{name} is out of range")
+    return value
+
+
+def _page_limit(request: web.Request) -> int:
+    return _int_query(request, "limit", 50, MAX_PAGE) or 50
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -133,7 +198,7 @@ async def get_wallet(request: web.Request, who: Identity) -> web.StreamResponse:
 
 @authed()
 async def get_entries(request: web.Request, who: Identity) -> web.StreamResponse:
-    limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
+    limit = _page_limit(request)
     before = _int_query(request, "before", None, 2**62)
     entries = await request.app[LEDGER].entries(who.user_id, limit=limit, before=before)
     nxt = entries[-1].id if len(entries) == limit else None
@@ -142,9 +207,8 @@ async def get_entries(request: web.Request, who: Identity) -> web.StreamResponse
 
 @authed()
 async def get_calls(request: web.Request, who: Identity) -> web.StreamResponse:
-    limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
-    raw = request.query.get("before")
-    before = float(raw) if raw is not None and raw.replace(".", "", 1).isdigit() else None
+    limit = _page_limit(request)
+    before = _time_query(request, "before")
     calls = await request.app[LEDGER].calls(who.user_id, limit=limit, before=before)
     nxt = calls[-1].started_at if len(calls) == limit else None
     return _json({"calls": [asdict(c) for c in calls], "next_before": nxt})
@@ -179,13 +243,20 @@ async def post_recharge(request: web.Request, who: Identity) -> web.StreamRespon
 async def post_withdrawal(request: web.Request, who: Identity) -> web.StreamResponse:
     req = await _body(request, WithdrawalRequest)
     w = await request.app[LEDGER].request_withdrawal(req.idempotency_key, who.user_id, req.amount)
-    return _json(asdict(w), status=201)
+    # 201 when this request created it; a replay of the key returns it as it is now, 200.
+    return _json(_withdrawal(w), status=200 if w.replayed else 201)
+
+
+def _withdrawal(w: Withdrawal) -> dict[str, Any]:
+    shown = asdict(w)
+    del shown["replayed"]  # a property of one request, not of the withdrawal
+    return shown
 
 
 @authed(Role.HOST)
 async def get_withdrawals(request: web.Request, who: Identity) -> web.StreamResponse:
     items = await request.app[LEDGER].withdrawals(host=who.user_id, state=None, limit=MAX_PAGE)
-    return _json({"withdrawals": [asdict(w) for w in items]})
+    return _json({"withdrawals": [_withdrawal(w) for w in items]})
 
 
 # --- chat -------------------------------------------------------------------------------
@@ -198,7 +269,7 @@ def _cursor(request: web.Request) -> Cursor | None:
 
 @authed()
 async def get_conversations(request: web.Request, who: Identity) -> web.StreamResponse:
-    limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
+    limit = _page_limit(request)
     convs = await request.app[CHAT].store.conversations(who.user_id, _cursor(request), limit)
     items = [
         {
@@ -215,7 +286,7 @@ async def get_conversations(request: web.Request, who: Identity) -> web.StreamRe
 
 @authed()
 async def get_messages(request: web.Request, who: Identity) -> web.StreamResponse:
-    limit = _int_query(request, "limit", 50, MAX_PAGE) or 50
+    limit = _page_limit(request)
     conv = request.match_info["conversation_id"]
     page = await request.app[CHAT].store.history(who.user_id, conv, _cursor(request), limit)
     nxt = Cursor.of(page[-1]).encode() if len(page) == limit else None
@@ -257,7 +328,7 @@ async def admin_withdrawals(request: web.Request, who: Identity) -> web.StreamRe
     items = await request.app[LEDGER].withdrawals(
         host=request.query.get("host"), state=cast(WithdrawalState | None, state), limit=MAX_PAGE
     )
-    return _json({"withdrawals": [asdict(w) for w in items]})
+    return _json({"withdrawals": [_withdrawal(w) for w in items]})
 
 
 def _decide(approve: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -270,7 +341,7 @@ def _decide(approve: bool) -> Callable[[web.Request], Awaitable[web.StreamRespon
         w = await request.app[LEDGER].decide_withdrawal(
             withdrawal_id, approve=approve, admin=who.user_id
         )
-        return _json(asdict(w))
+        return _json(_withdrawal(w))
 
     return decide
 

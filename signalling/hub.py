@@ -226,6 +226,7 @@ class Hub:
             identity,
             clock=self._clock,
             send_queue_max=hub.send_queue_max,
+            send_queue_max_bytes=hub.send_queue_max_bytes,
             rate_per_s=hub.rate_per_s,
             rate_burst=hub.rate_burst,
         )
@@ -308,11 +309,17 @@ class Hub:
             return
         session.rate_strikes = 0
         if isinstance(frame, bytes):
-            self._error(session, ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames", None)
+            rid = peek_id(frame)
+            self._error(session, ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames", rid)
             return
-        if len(frame) > self._settings.max_frame_bytes:
-            limit = self._settings.max_frame_bytes
-            self._error(session, ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes", None)
+        limit = self._settings.max_frame_bytes
+        # The cap is in UTF-8 bytes; a str has at most 4 per character, so most frames are
+        # measured without encoding them.
+        if len(frame) > limit or (
+            len(frame) * 4 > limit and len(frame.encode("utf-8", "surrogatepass")) > limit
+        ):
+            rid = peek_id(frame)
+            self._error(session, ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes", rid)
             return
         try:
             message = decode(frame)

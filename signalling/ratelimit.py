@@ -15,6 +15,11 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = clock.monotonic()
 
+    def full(self) -> bool:
+        """Refilled to its burst: indistinguishable from a new bucket."""
+        now = self._clock.monotonic()
+        return self._tokens + (now - self._last) * self._rate >= self._burst
+
     def allow(self) -> bool:
         now = self._clock.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)

@@ -24,6 +24,7 @@ class Session:
         *,
         clock: Clock,
         send_queue_max: int,
+        send_queue_max_bytes: int,
         rate_per_s: float,
         rate_burst: int,
     ) -> None:
@@ -37,9 +38,14 @@ class Session:
         self.close_code: CloseCode | None = None
         self.close_reason = ""
         self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._max = send_queue_max
+        self._max_bytes = send_queue_max_bytes
         self._wakeup = asyncio.Event()
-        # Set by the I/O side: called when the session must stop sending at once (4008).
+        # True once the session was dropped for not reading: the I/O side then drops the
+        # connection without a closing handshake the client would never read.
+        self.aborted = False
+        # Set by the I/O side: called when the session must stop sending at once.
         self.on_abort: Callable[[], None] | None = None
 
     @property
@@ -56,15 +62,26 @@ class Session:
     def send_frame(self, frame: bytes) -> None:
         if self.closing:
             return
-        if len(self._queue) >= self._max:
-            # A consumer this far behind would grow memory without bound: drop it (§7).
-            self._queue.clear()
-            self.close(CloseCode.POLICY, "slow consumer")
-            if self.on_abort is not None:
-                self.on_abort()
+        # Bounded in frames and in bytes; one frame of any size fits an empty queue, so a
+        # large reply still reaches a client that keeps up (§6).
+        if self._queue and (
+            len(self._queue) >= self._max or self._queued_bytes + len(frame) > self._max_bytes
+        ):
+            self.abort("slow consumer")
             return
         self._queue.append(frame)
+        self._queued_bytes += len(frame)
         self._wakeup.set()
+
+    def abort(self, reason: str) -> None:
+        """Drop a consumer that is not reading: what is queued is freed, the connection is
+        cut (4008 in the log; the client, not reading, sees the connection drop)."""
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.aborted = True
+        self.close(CloseCode.POLICY, reason)
+        if self.on_abort is not None:
+            self.on_abort()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Ask the I/O side to close; frames already queued are still sent first."""
@@ -76,8 +93,23 @@ class Session:
     def take(self) -> list[bytes]:
         frames = list(self._queue)
         self._queue.clear()
+        self._queued_bytes = 0
         self._wakeup.clear()
         return frames
+
+    def pop(self) -> bytes | None:
+        """The next frame to write, or None (and wait() blocks again) when all are sent.
+        A frame leaves the byte count when the writer takes it: at most one is in flight."""
+        if not self._queue:
+            self._wakeup.clear()
+            return None
+        frame = self._queue.popleft()
+        self._queued_bytes -= len(frame)
+        return frame
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     async def wait(self) -> None:
         await self._wakeup.wait()

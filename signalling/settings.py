@@ -6,13 +6,14 @@ Settings come from a mapping (normally the process environment, passed in by the
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from billing.settings import BillingSettings
@@ -66,7 +67,11 @@ class IceServer(Section):
 class HubSettings(Section):
     """WebSocket hub limits and call timers."""
 
-    heartbeat_s: float = Field(20.0, gt=0, description="WebSocket ping interval (aiohttp)")
+    heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="WebSocket ping interval; no pong within half of it drops the client",
+    )
     max_frame_bytes: int = Field(
         65536, ge=1024, description="larger frames get error frame_too_large"
     )
@@ -79,7 +84,36 @@ class HubSettings(Section):
         50, ge=1, description="messages refused for rate in a row before close 4008"
     )
     send_queue_max: int = Field(
-        512, ge=8, description="queued outgoing frames before a slow consumer is closed (4008)"
+        512, ge=8, description="queued outgoing frames before a slow consumer is dropped (4008)"
+    )
+    send_queue_max_bytes: int = Field(
+        1_048_576,
+        ge=65536,
+        description="queued outgoing bytes before a slow consumer is dropped (4008)",
+    )
+    send_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a client that takes no frame for this long while frames wait is dropped",
+    )
+    max_connections_per_ip: int = Field(
+        200, ge=1, description="open WebSockets one client address may hold (then 4008)"
+    )
+    connects_per_ip_per_s: float = Field(
+        20.0, gt=0, description="new WebSockets per second from one client address"
+    )
+    connect_burst_per_ip: int = Field(
+        100, ge=1, description="new WebSockets from one client address allowed in a burst"
+    )
+    connects_per_user_per_min: float = Field(
+        30.0, gt=0, description="new sessions per minute for one user"
+    )
+    connect_burst_per_user: int = Field(
+        10, ge=1, description="new sessions for one user allowed in a burst"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client",
     )
     ring_timeout_s: float = Field(30.0, gt=0, description="an unanswered call ends (timeout)")
     peer_lost_grace_s: float = Field(
@@ -90,6 +124,13 @@ class HubSettings(Section):
         default_factory=list, description="ICE servers sent in welcome (JSON list)"
     )
     demo_page: bool = Field(True, description="serve the demo page at / (development only)")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            ipaddress.ip_network(proxy, strict=False)  # ValueError names the bad entry
+        return proxies
 
 
 class PresenceSettings(Section):

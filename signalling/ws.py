@@ -10,6 +10,7 @@ from aiohttp import WSMsgType, web
 from .auth import TokenVerifier
 from .errors import AuthError
 from .hub import Hub
+from .limits import ConnectionLimiter
 from .protocol import CloseCode
 from .session import Session
 from .settings import HubSettings
@@ -17,6 +18,7 @@ from .settings import HubSettings
 HUB = web.AppKey("hub", Hub)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 HUB_SETTINGS = web.AppKey("hub_settings", HubSettings)
+CONNECTIONS = web.AppKey("connections", ConnectionLimiter)
 CLOSE_TIMEOUT_S = 2.0
 TRY_AGAIN_LATER = 1013
 
@@ -34,14 +36,35 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     """GET /v1/ws (docs/protocol.md §1)."""
     settings = request.app[HUB_SETTINGS]
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat_s, max_msg_size=settings.hard_frame_bytes
+        # aiohttp refuses a message of max_msg_size bytes or more; ours is "more than".
+        heartbeat=settings.heartbeat_s,
+        max_msg_size=settings.hard_frame_bytes + 1,
     )
+    limiter = request.app[CONNECTIONS]
+    address = limiter.client_address(request.remote, request.headers.get("X-Forwarded-For"))
     # Upgrade first and refuse with a close code: browsers cannot read an HTTP 401.
     await ws.prepare(request)
+    refused = limiter.open(address)
+    if refused is not None:
+        await ws.close(code=CloseCode.POLICY, message=refused.encode())
+        return ws
+    try:
+        return await _serve(request, ws, settings)
+    finally:
+        limiter.close(address)
+
+
+async def _serve(
+    request: web.Request, ws: web.WebSocketResponse, settings: HubSettings
+) -> web.WebSocketResponse:
     try:
         identity = request.app[VERIFIER].verify(bearer_token(request))
     except AuthError as exc:
         await ws.close(code=CloseCode.BAD_TOKEN, message=exc.code.encode())
+        return ws
+    refused = request.app[CONNECTIONS].session(identity.user_id)
+    if refused is not None:
+        await ws.close(code=CloseCode.POLICY, message=refused.encode())
         return ws
     hub = request.app[HUB]
     try:
@@ -49,7 +72,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except Exception:
         await ws.close(code=TRY_AGAIN_LATER, message=b"try again later")
         raise
-    pump = asyncio.create_task(_pump(session, ws, request))
+    pump = asyncio.create_task(_pump(session, ws, request, settings.send_timeout_s))
 
     def abort() -> None:
         # A consumer too slow to drain its queue may have the pump stuck in a socket write.
@@ -73,21 +96,52 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _pump(session: Session, ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Send queued frames; close the socket with the session's code when it asks to."""
+async def _pump(
+    session: Session, ws: web.WebSocketResponse, request: web.Request, send_timeout_s: float
+) -> None:
+    """Send queued frames; close the socket with the session's code when it asks to.
+
+    A client that stops reading fills the socket's buffers until a write blocks: if no
+    frame goes out for ``send_timeout_s`` while frames wait, the client is dropped like a
+    lost connection (its calls wait for it, it shows offline), and the queue with it."""
+    loop = asyncio.get_running_loop()
     try:
         while session.close_code is None:
             await session.wait()
-            for frame in session.take():
-                await ws.send_frame(frame, WSMsgType.TEXT)
+            async with asyncio.timeout(send_timeout_s) as deadline:
+                renewed = loop.time()
+                while (frame := session.pop()) is not None:
+                    await ws.send_frame(frame, WSMsgType.TEXT)
+                    # Progress moves the deadline; at most once a second, not per frame.
+                    if (now := loop.time()) - renewed > 1.0:
+                        deadline.reschedule(now + send_timeout_s)
+                        renewed = now
+    except TimeoutError:
+        session.abort(f"not reading: no frame taken for {send_timeout_s:g} s")
     except ConnectionError:
         pass
     finally:
-        code = session.close_code or CloseCode.NORMAL
-        try:
-            await asyncio.wait_for(
-                ws.close(code=code, message=session.close_reason.encode()), CLOSE_TIMEOUT_S
-            )
-        except (TimeoutError, ConnectionError):
-            if request.transport is not None:
-                request.transport.abort()
+        await _close(session, ws, request)
+
+
+async def _close(session: Session, ws: web.WebSocketResponse, request: web.Request) -> None:
+    transport = request.transport
+    if session.aborted:
+        # The client reads nothing: a close frame would only sit in the buffers it does
+        # not drain. Cut the connection; the reader loop ends and the session is cleaned up.
+        if transport is not None:
+            transport.abort()
+        return
+    code = session.close_code or CloseCode.NORMAL
+    try:
+        await asyncio.wait_for(
+            ws.close(code=code, message=session.close_reason.encode()), CLOSE_TIMEOUT_S
+        )
+    except (TimeoutError, ConnectionError):
+        if transport is not None:
+            transport.abort()
+        return
+    if transport is not None and transport.get_write_buffer_size() > 0:
+        # Closed without a handshake (e.g. no pong, 1006) while the client left data unread:
+        # a graceful close would wait for it forever, holding the socket open.
+        transport.abort()

@@ -468,7 +468,10 @@ async def test_replays_return_the_first_result_and_change_nothing(books: Books) 
     assert not sent.replayed and again.replayed
     assert again == dataclasses.replace(sent, replayed=True)
     assert sent.sender_balance == 98
-    assert await ledger.request_withdrawal("w1", "host", 3) == asked
+    assert await ledger.request_withdrawal("w1", "host", 3) == dataclasses.replace(
+        asked, replayed=True
+    )
+    assert not asked.replayed
 
     assert await snapshot(books, "payer", "host") == seen
 
@@ -687,8 +690,9 @@ async def test_withdrawals_are_decided_exactly_once(books: Books) -> None:
     with pytest.raises(NotFound):
         await ledger.decide_withdrawal(rejected.id + 1000, approve=True, admin="root")
 
-    # A replayed request returns the same withdrawal, as it is now.
-    assert (await ledger.request_withdrawal("a", "host", 40)).state == "paid"
+    # A replayed request returns the same withdrawal, as it is now, marked as a replay.
+    again = await ledger.request_withdrawal("a", "host", 40)
+    assert (again.id, again.state, again.replayed) == (paid.id, "paid", True)
     listed = await ledger.withdrawals(host="host", state=None, limit=10)
     assert [(w.id, w.state) for w in listed] == [(rejected.id, "rejected"), (paid.id, "paid")]
     assert [w.id for w in await ledger.withdrawals(host=None, state="paid", limit=10)] == [paid.id]

@@ -40,7 +40,7 @@ async def test_two_clients_full_call(client: TestClient[Any, Any], token_for: Ma
         "/v1/ws", headers={"Authorization": "Bearer " + token_for("bob", "host")}
     )
     welcome = await recv(bob_ws, "welcome")
-    assert welcome["user"]["id"] == "bob" and welcome["heartbeat_s"] == 20
+    assert welcome["user"]["id"] == "bob" and welcome["heartbeat_s"] == 10
     bob = bob_ws
 
     await alice.send_json({"type": "presence.watch", "id": "w", "user_ids": ["bob"]})

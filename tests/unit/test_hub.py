@@ -252,7 +252,7 @@ async def test_bad_frames_get_errors_and_session_goes_on(env: Env) -> None:
         (None, "binary_not_supported"),
         ("f", "invalid_message"),
         (None, "bad_json"),
-        (None, "frame_too_large"),
+        ("g", "frame_too_large"),  # the id is read even from a frame that is not handled
     ]
     await env.send(alice, type="presence.update", id="ok", status="away")
     assert frames(alice) == [{"type": "ack", "id": "ok"}]
@@ -288,6 +288,34 @@ async def test_slow_consumer_is_closed_not_buffered() -> None:
     assert alice.close_code is CloseCode.POLICY and aborted == [True]
     assert alice.take() == []  # nothing kept for a dead consumer
     assert not bob.closing
+
+
+async def test_slow_consumer_is_bounded_in_bytes_not_only_frames() -> None:
+    """A client asking for large replies and not reading: the probe saw 512 frames of
+    ~700 KiB queued for one connection. The queue is bounded in bytes too."""
+    env = Env(send_queue_max=512, send_queue_max_bytes=65536)
+    alice = await env.hub.connect(ALICE)
+    frames(alice)
+    aborted = []
+    alice.on_abort = lambda: aborted.append(True)
+    big = b'{"type":"chat.message","text":"' + b"x" * 30_000 + b'"}'
+    alice.send_frame(big)  # an empty queue takes one frame of any size...
+    alice.send_frame(big)
+    assert alice.queued_bytes == 2 * len(big) and not alice.closing
+    alice.send_frame(big)  # ...but not a third: 90 KB > 64 KiB
+    assert alice.close_code is CloseCode.POLICY and alice.aborted and aborted == [True]
+    assert alice.queued_bytes == 0 and alice.take() == []
+
+
+async def test_one_large_reply_reaches_a_client_that_keeps_up() -> None:
+    env = Env(send_queue_max_bytes=65536)
+    alice = await env.hub.connect(ALICE)
+    frames(alice)
+    huge = b"x" * 200_000
+    alice.send_frame(huge)
+    assert alice.pop() == huge and alice.pop() is None
+    alice.send_frame(huge)
+    assert not alice.closing and alice.queued_bytes == len(huge)
 
 
 async def test_watch_limit() -> None:

@@ -6,14 +6,11 @@ With JALWA_REDIS_URL set, presence lives in Redis and disappears when the proces
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,66 +18,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.integration.services import free_port, require_redis
+from tests.integration.processes import Server, serve
+from tests.integration.services import require_redis
 from tests.wsutil import recv
-
-JALWA = str(Path(sys.executable).parent / "jalwa")
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, env: dict[str, str]) -> None:
-        self.proc, self.port, self.env = proc, port, env
-        self.url = f"http://127.0.0.1:{port}"
-
-    def token(self, user: str, role: str) -> str:
-        out = subprocess.run(
-            [JALWA, "token", "--user", user, "--role", role],
-            env=self.env,
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        return out.stdout.decode().strip()
-
-
-@contextmanager
-def serve(tmp_path: Path, **extra: str) -> Iterator[Server]:
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "JALWA_AUTH__DEV_KEY_FILE": str(tmp_path / "dev-key"),
-        "JALWA_MEDIA__MODE": "p2p",  # these tests exercise the SDP/ICE relay
-        **extra,
-    }
-    log = (tmp_path / f"serve-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [JALWA, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    server = Server(proc, port, env)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"jalwa serve exited: {(tmp_path / log.name).read_text()}")
-            try:
-                import urllib.request
-
-                with urllib.request.urlopen(server.url + "/healthz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 @asynccontextmanager

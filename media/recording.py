@@ -74,8 +74,9 @@ import av
 from av.container import OutputContainer
 from av.stream import Disposition, Stream
 
+from media.clock import Clock
 from media.codecs import AUDIO_MIME
-from media.forwarding import Clock, Publication
+from media.forwarding import Publication
 from media.rtp_hooks import EncodedFrame
 from media.settings import VideoCodec
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from aiortc import RTCConfiguration
 
+from media.clock import Clock, SystemClock
 from media.errors import CallClosed, CallFull, NotSupported, SfuClosed, UnknownLeg
-from media.forwarding import Clock, MonotonicClock
 from media.ice import IcePolicy, rtc_configuration
 from media.leg import Leg, LegStats, StateCallback
 from media.recording import CallRecorder, Recording, RecordingStats, scan_recordings
@@ -102,7 +102,7 @@ class Sfu:
         self.settings = settings
         self._configuration = rtc_configuration(configuration)
         self._ice_policy = IcePolicy.from_settings(settings)
-        self._clock: Clock = clock or MonotonicClock()
+        self._clock: Clock = clock or SystemClock()
         self._on_state = on_connection_state
         self.on_media_failed = on_media_failed
         """Told when a party's media did not connect in time; settable after construction

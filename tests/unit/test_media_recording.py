@@ -19,6 +19,7 @@ import pytest
 from aiortc import RTCConfiguration
 from av import AudioFrame, VideoFrame
 
+from media.clock import ManualClock
 from media.errors import NotSupported
 from media.forwarding import Publication
 from media.recording import (
@@ -447,14 +448,6 @@ def test_scan_lists_finished_failed_and_orphaned_files(tmp_path: Path) -> None:
 # --- the tap and the recorder's queue -------------------------------------------------------
 
 
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 def vp8(i: int, key: bool) -> EncodedFrame:
     return EncodedFrame("video", "video/VP8", 90_000, i * 3000, b"k" if key else b"d", key)
 
@@ -516,7 +509,7 @@ async def test_the_recorder_queue_is_bounded_and_never_blocks_the_loop(
     publication.on_frame(vp8(0, False))  # not a keyframe: skipped, not queued
     started = time.monotonic()
     for i in range(1, 40):
-        clock.now += 1 / 30
+        clock.advance(1 / 30)
         publication.on_frame(vp8(i, i == 1))
     assert time.monotonic() - started < 0.5  # the stalled thread never held the loop up
     stats = rec.stats()
@@ -545,7 +538,7 @@ async def test_a_replaced_legs_frames_are_not_recorded(tmp_path: Path) -> None:
     old.on_frame(EncodedFrame("audio", "audio/opus", 48_000, 0, opus[0], True))
     rec.attach("alice", {("audio", 0): new})  # reconnect; the old leg is not closed yet
     for i in range(1, 20):
-        clock.now += 0.02
+        clock.advance(0.02)
         old.on_frame(EncodedFrame("audio", "audio/opus", 48_000, i * 960, opus[i], True))
         new.on_frame(EncodedFrame("audio", "audio/opus", 48_000, i * 960, opus[i], True))
     assert rec.stats().frames_queued == 20

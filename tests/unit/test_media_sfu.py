@@ -7,11 +7,13 @@ from typing import cast
 import pytest
 from aiortc import RTCConfiguration
 
+from media.clock import SystemClock
 from media.errors import NegotiationError, SfuClosed, UnknownLeg
-from media.forwarding import ForwardingTrack, MonotonicClock, Publication
+from media.forwarding import ForwardingTrack, Publication
 from media.leg import Leg, Slot
 from media.settings import MediaSettings
 from media.sfu import CallMedia, Sfu
+from media.subscription import Source
 
 NO_ICE = RTCConfiguration(iceServers=[])
 
@@ -43,12 +45,12 @@ class FakeLeg:
         for kind in kinds:
             slot = (kind, 0)
             self.publications[slot] = Publication(
-                kind, lambda: True, keyframe_interval_s=1, clock=MonotonicClock()
+                kind, lambda: True, keyframe_interval_s=1, clock=SystemClock()
             )
             self.subscriptions[slot] = ForwardingTrack(kind, capacity=4)
 
 
-def sources(leg: FakeLeg) -> dict[Slot, Publication | None]:
+def sources(leg: FakeLeg) -> dict[Slot, Source | None]:
     return {slot: track.source for slot, track in leg.subscriptions.items()}
 
 

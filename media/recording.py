@@ -61,7 +61,6 @@ import os
 import queue
 import re
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -957,7 +956,7 @@ class CallRecorder:
         now = self._clock.monotonic()
         if self._t0 is None:
             self._t0 = now
-            self._queue.put(Start(time.time()))
+            self._queue.put(Start(self._clock.time()))
         self._queue.put(QueuedFrame(party, kind, source, now - self._t0, frame))
         self._queued += 1
 

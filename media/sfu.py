@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiortc import RTCConfiguration
 
-from media.clock import Clock, SystemClock
+from media.clock import Clock, SystemClock, wait
 from media.errors import CallClosed, CallFull, NotSupported, SfuClosed, UnknownLeg
 from media.ice import IcePolicy, rtc_configuration
 from media.leg import Leg, LegStats, StateCallback
@@ -260,7 +260,7 @@ class Sfu:
         tasks = [asyncio.ensure_future(leg.close()) for leg in legs]
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        done, pending = await wait(self._clock, tasks, CLOSE_TIMEOUT_S)
         for task in pending:
             # Not cancelled: a half-closed peer connection would leak sockets and threads.
             log.warning("media: closing a peer connection takes over %ss", CLOSE_TIMEOUT_S)
@@ -299,7 +299,7 @@ class Sfu:
     async def _watchdog(
         self, call: CallMedia, party: str, leg: Leg | None, report: MediaFailed
     ) -> None:
-        await asyncio.sleep(self.settings.connect_timeout_s)
+        await self._clock.sleep(self.settings.connect_timeout_s)
         if call.closed or call.legs.get(party) is not leg:
             return  # replaced: the new leg has its own watchdog
         state = leg.pc.connectionState if leg is not None else "no offer"
@@ -347,7 +347,7 @@ class Sfu:
                 self._recording_dirs.discard(recorder.call_directory)
 
         task = asyncio.ensure_future(finish())
-        done, _ = await asyncio.wait({task}, timeout=RECORDING_CLOSE_TIMEOUT_S)
+        done, _ = await wait(self._clock, {task}, RECORDING_CLOSE_TIMEOUT_S)
         if not done:
             log.warning(
                 "media: closing the recording of call %s takes over %ss",

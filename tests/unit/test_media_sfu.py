@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import pytest
 from aiortc import RTCConfiguration
 
-from media.clock import SystemClock
+from media.clock import ManualClock, SystemClock
 from media.errors import NegotiationError, SfuClosed, UnknownLeg
 from media.forwarding import ForwardingTrack, Publication
 from media.leg import Leg, Slot
@@ -72,3 +73,52 @@ async def test_wire_pairs_matching_slots_and_follows_a_reconnect() -> None:
     assert sources(bob) == {("video", 0): alice2.publications[("video", 0)]}
     assert alice.publications[("video", 0)].subscribers == ()
     assert sources(alice2)[("video", 0)] is bob.publications[("video", 0)]
+
+
+async def settle() -> None:
+    """Let the tasks a clock step woke run to their next wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_the_watchdog_reports_a_party_that_never_offers_once_on_the_clock() -> None:
+    clock = ManualClock()
+    sfu = Sfu(MediaSettings(connect_timeout_s=2.0), NO_ICE, clock=clock)
+    failed: list[tuple[str, str]] = []
+
+    async def report(call_id: str, party: str) -> None:
+        failed.append((call_id, party))
+
+    sfu.on_media_failed = report
+    sfu.expect("c", ["caller", "host"])
+    await settle()
+    clock.advance(1.9)
+    await settle()
+    assert failed == []
+    clock.advance(0.2)
+    await settle()
+    assert sorted(failed) == [("c", "caller"), ("c", "host")]
+    call = sfu.call("c")
+    assert call is not None and call.watchdogs == {}
+    clock.advance(10)
+    await settle()
+    assert len(failed) == 2  # reported once, not again
+    await sfu.close()
+
+
+async def test_closing_the_call_stops_its_watchdogs() -> None:
+    clock = ManualClock()
+    sfu = Sfu(MediaSettings(connect_timeout_s=2.0), NO_ICE, clock=clock)
+    failed: list[str] = []
+
+    async def report(call_id: str, party: str) -> None:
+        failed.append(party)
+
+    sfu.on_media_failed = report
+    sfu.expect("c", ["caller", "host"])
+    await settle()
+    await sfu.close_call("c")
+    clock.advance(5)
+    await settle()
+    assert failed == [] and sfu.call_ids == frozenset()
+    await sfu.close()

@@ -36,7 +36,7 @@ from media.errors import NotSupported
 from media.recording import Recording
 from media.settings import MediaSettings, VideoCodec
 from media.sfu import Sfu
-from media.testing import LoopbackClient
+from tests.mediautil import LoopbackClient
 from tests.wsutil import until
 
 CALL = "call-rec"

@@ -23,7 +23,7 @@ from media.clock import Clock, ManualClock
 from media.errors import CallFull, NegotiationError, UnknownLeg
 from media.settings import Forwarding, MediaSettings, VideoCodec
 from media.sfu import Sfu
-from media.testing import LoopbackClient
+from tests.mediautil import LoopbackClient
 from tests.wsutil import until
 
 CALL = "call-1"

@@ -51,7 +51,7 @@ class Publication:
     """One incoming encoded stream, the forwarding tracks subscribed to it and its taps.
 
     A tap (the call recorder) is one more consumer of every frame, called on the event loop
-    after the subscribers; it must never block (media/recording.py only queues the frame)
+    after the subscribers; it must never block (media/recording/recorder.py only queues the frame)
     and its exceptions are logged, never raised into the receive path.
     """
 

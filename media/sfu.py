@@ -2,7 +2,7 @@
 
 Sans hub: the hub calls ``answer`` with each party's SDP offer, relays the answer back,
 passes trickled candidates to ``add_candidate`` and ends media with ``close_call``.
-``answer(..., record=True)`` also records the call (media/recording.py): the hub decides,
+``answer(..., record=True)`` also records the call (media/recording/): the hub decides,
 from ``media.recording`` and the parties' consent.
 """
 
@@ -20,7 +20,8 @@ from media.clock import Clock, SystemClock, wait
 from media.errors import CallClosed, CallFull, NotSupported, SfuClosed, UnknownLeg
 from media.ice import IcePolicy, rtc_configuration
 from media.leg import Leg, LegStats, StateCallback
-from media.recording import CallRecorder, Recording, RecordingStats, scan_recordings
+from media.recording.files import Recording, scan_recordings
+from media.recording.recorder import CallRecorder, RecordingStats
 from media.rtp_hooks import check_aiortc_internals
 from media.settings import MediaSettings
 

@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
 from media.errors import NotSupported
-from media.recording import Recording
+from media.recording.files import Recording
 from media.settings import MediaSettings, VideoCodec
 from media.sfu import Sfu
 from tests.mediautil import LoopbackClient

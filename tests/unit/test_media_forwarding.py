@@ -208,3 +208,24 @@ async def test_closed_publication_detaches_subscribers() -> None:
     assert track.source is None
     pub.on_frame(video(0, key=True))
     assert pub.stats().frames_received == 0
+
+
+def test_a_tap_gets_every_frame_and_cannot_break_forwarding(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publication = Publication("video", lambda: True, keyframe_interval_s=1.0, clock=ManualClock())
+    seen: list[int] = []
+
+    def broken(frame: EncodedFrame) -> None:
+        raise RuntimeError("boom")
+
+    publication.add_tap(broken)
+    publication.add_tap(lambda f: seen.append(f.timestamp))
+    publication.on_frame(video(0, key=True))  # nobody subscribed: the taps still get it
+    publication.remove_tap(broken)
+    publication.on_frame(video(3000, key=False))
+    assert seen == [0, 3000]
+    assert any("tap failed" in r.getMessage() for r in caplog.records)
+    publication.close()
+    publication.on_frame(video(6000, key=False))
+    assert seen == [0, 3000]

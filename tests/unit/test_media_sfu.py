@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import cast
 
 import pytest
 from aiortc import RTCConfiguration
 
 from media.clock import ManualClock, SystemClock
-from media.errors import NegotiationError, SfuClosed, UnknownLeg
+from media.errors import NegotiationError, NotSupported, SfuClosed, UnknownLeg
 from media.forwarding import ForwardingTrack, Publication
 from media.leg import Leg, Slot
 from media.settings import MediaSettings
@@ -122,3 +123,19 @@ async def test_closing_the_call_stops_its_watchdogs() -> None:
     await settle()
     assert failed == [] and sfu.call_ids == frozenset()
     await sfu.close()
+
+
+async def test_sfu_records_only_when_the_policy_allows(tmp_path: Path) -> None:
+    no_ice = RTCConfiguration(iceServers=[])
+    off = Sfu(MediaSettings(), no_ice)
+    with pytest.raises(NotSupported):  # refused before the offer is even parsed
+        await off.answer("c", "caller", "v=0\r\n", record=True)
+    with pytest.raises(NotSupported):
+        await off.start_recording("c")
+    assert off.call_ids == frozenset() and await off.recordings() == []
+    await off.close()
+
+    on = Sfu(MediaSettings(recording="always", record_dir=tmp_path), no_ice)
+    assert await on.start_recording("not-started") is False
+    assert await on.recordings() == []
+    await on.close()

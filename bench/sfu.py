@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python -m bench.sfu [--rounds 3] [--seconds 10] [--modes forward,relay]``
 
 For each mode, a fresh server process (so its CPU and memory are its own) answers two
-loopback clients (media.testing.LoopbackClient, in this process): each publishes a moving
+loopback clients (tests.mediautil.LoopbackClient, in this process): each publishes a moving
 640x480 30 fps VP8 test pattern plus Opus audio and decodes what it receives. Everything
 runs on 127.0.0.1 with no ICE servers.
 
@@ -58,7 +58,7 @@ from media.ice import IcePolicy
 from media.leg import offer_media_kinds
 from media.settings import Forwarding, MediaSettings
 from media.sfu import Sfu
-from media.testing import LoopbackClient
+from tests.mediautil import LoopbackClient
 
 PARTIES = ("caller", "host")
 CALL = "bench-call"

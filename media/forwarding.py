@@ -14,46 +14,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media.clock import Clock
+from media.rtp_forwarding import RtpForwarder
 from media.rtp_hooks import EncodedFrame, EncodedFrameSink
-
-if TYPE_CHECKING:
-    from media.rtp_forwarding import RtpForwarder
+from media.subscription import Subscription, SubscriptionStats, frame_step
 
 log = logging.getLogger(__name__)
-
-_FRAMES_PER_SECOND = {"audio": 50, "video": 30}
-
-
-def frame_step(kind: str, clock_rate: int) -> int:
-    """One nominal frame in RTP clock units: how far timestamps move on across a source
-    switch, so they keep counting up."""
-    return clock_rate // _FRAMES_PER_SECOND.get(kind, 30)
 
 
 @functools.cache
 def _time_base(clock_rate: int) -> Fraction:
     return Fraction(1, clock_rate)
-
-
-class Clock(Protocol):
-    """The one place forwarding reads time (signalling's ``Clock`` satisfies it)."""
-
-    def monotonic(self) -> float: ...
-
-
-class MonotonicClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +47,11 @@ class PublicationStats:
     """PLIs actually sent to the publisher, after rate limiting."""
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionStats:
-    frames_forwarded: int
-    frames_dropped: int
-    """Frames thrown away because the queue was full (or its source changed)."""
-    frames_skipped: int
-    """Frames not sent while waiting for a keyframe (new subscriber, source change, overflow).
-
-    RTP forwarding counts these three in packets."""
-    packets_forwarded: int = 0
-    """RTP forwarding only: packets sent to the subscriber."""
-
-
 class Publication:
     """One incoming encoded stream, the forwarding tracks subscribed to it and its taps.
 
     A tap (the call recorder) is one more consumer of every frame, called on the event loop
-    after the subscribers; it must never block (media/recording.py only queues the frame)
+    after the subscribers; it must never block (media/recording/recorder.py only queues the frame)
     and its exceptions are logged, never raised into the receive path.
     """
 
@@ -194,12 +161,12 @@ class Publication:
             self._rtp_subscribers.append(track)
         track._attached(self)
 
-    def unsubscribe(self, track: ForwardingTrack | RtpForwarder) -> None:
+    def unsubscribe(self, track: Subscription) -> None:
         if isinstance(track, ForwardingTrack):
             if track in self._subscribers:
                 self._subscribers.remove(track)
                 track._detached(self)
-        elif track in self._rtp_subscribers:
+        elif isinstance(track, RtpForwarder) and track in self._rtp_subscribers:
             self._rtp_subscribers.remove(track)
             track._detached(self)
 
@@ -256,27 +223,6 @@ class Publication:
         if self._send_pli():
             self._last_pli = now
             self._requests_out += 1
-
-
-class Subscription:
-    """What every kind of subscriber (``ForwardingTrack``, ``RtpForwarder``) does with the
-    publication it is subscribed to; ``Publication.subscribe`` sets ``_source``."""
-
-    _source: Publication | None = None
-
-    @property
-    def source(self) -> Publication | None:
-        return self._source
-
-    def request_keyframe(self) -> None:
-        """Ask the current source for a keyframe (the subscriber sent PLI/FIR, or we gate)."""
-        if self._source is not None:
-            self._source.request_keyframe()
-
-    # Called by Publication.unsubscribe only.
-    def _detached(self, source: Publication) -> None:
-        if self._source is source:
-            self._source = None
 
 
 class ForwardingTrack(Subscription, MediaStreamTrack):

@@ -21,15 +21,10 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from media.clock import Clock
 from media.codecs import pinned_codecs
 from media.errors import NegotiationError
-from media.forwarding import (
-    Clock,
-    ForwardingTrack,
-    Publication,
-    PublicationStats,
-    SubscriptionStats,
-)
+from media.forwarding import ForwardingTrack, Publication, PublicationStats
 from media.ice import IcePolicy
 from media.packet_path import LegSink, PacketPath, Route, check_packet_path_internals
 from media.rtp_forwarding import RtpForwarder
@@ -42,6 +37,7 @@ from media.rtp_hooks import (
     send_pli,
 )
 from media.settings import MediaSettings
+from media.subscription import SubscriptionStats
 
 log = logging.getLogger(__name__)
 

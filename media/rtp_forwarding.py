@@ -13,12 +13,9 @@ unit-tested without sockets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from media.forwarding import Subscription, SubscriptionStats, frame_step
-
-if TYPE_CHECKING:
-    from media.forwarding import Publication
+from media.subscription import Source, Subscription, SubscriptionStats, frame_step
 
 
 class RtpSink(Protocol):
@@ -140,7 +137,7 @@ class RtpForwarder(Subscription):
             self._source.unsubscribe(self)
 
     # Called by Publication.subscribe / unsubscribe only.
-    def _attached(self, source: Publication) -> None:
+    def _attached(self, source: Source) -> None:
         self._source = source
         self._ssrc = None  # the next packet re-bases, whatever its SSRC
         if self.kind == "video":

@@ -2,7 +2,7 @@
 
 Sans hub: the hub calls ``answer`` with each party's SDP offer, relays the answer back,
 passes trickled candidates to ``add_candidate`` and ends media with ``close_call``.
-``answer(..., record=True)`` also records the call (media/recording.py): the hub decides,
+``answer(..., record=True)`` also records the call (media/recording/): the hub decides,
 from ``media.recording`` and the parties' consent.
 """
 
@@ -16,11 +16,12 @@ from pathlib import Path
 
 from aiortc import RTCConfiguration
 
+from media.clock import Clock, SystemClock, wait
 from media.errors import CallClosed, CallFull, NotSupported, SfuClosed, UnknownLeg
-from media.forwarding import Clock, MonotonicClock
 from media.ice import IcePolicy, rtc_configuration
 from media.leg import Leg, LegStats, StateCallback
-from media.recording import CallRecorder, Recording, RecordingStats, scan_recordings
+from media.recording.files import Recording, scan_recordings
+from media.recording.recorder import CallRecorder, RecordingStats
 from media.rtp_hooks import check_aiortc_internals
 from media.settings import MediaSettings
 
@@ -102,7 +103,7 @@ class Sfu:
         self.settings = settings
         self._configuration = rtc_configuration(configuration)
         self._ice_policy = IcePolicy.from_settings(settings)
-        self._clock: Clock = clock or MonotonicClock()
+        self._clock: Clock = clock or SystemClock()
         self._on_state = on_connection_state
         self.on_media_failed = on_media_failed
         """Told when a party's media did not connect in time; settable after construction
@@ -260,7 +261,7 @@ class Sfu:
         tasks = [asyncio.ensure_future(leg.close()) for leg in legs]
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        done, pending = await wait(self._clock, tasks, CLOSE_TIMEOUT_S)
         for task in pending:
             # Not cancelled: a half-closed peer connection would leak sockets and threads.
             log.warning("media: closing a peer connection takes over %ss", CLOSE_TIMEOUT_S)
@@ -299,7 +300,7 @@ class Sfu:
     async def _watchdog(
         self, call: CallMedia, party: str, leg: Leg | None, report: MediaFailed
     ) -> None:
-        await asyncio.sleep(self.settings.connect_timeout_s)
+        await self._clock.sleep(self.settings.connect_timeout_s)
         if call.closed or call.legs.get(party) is not leg:
             return  # replaced: the new leg has its own watchdog
         state = leg.pc.connectionState if leg is not None else "no offer"
@@ -347,7 +348,7 @@ class Sfu:
                 self._recording_dirs.discard(recorder.call_directory)
 
         task = asyncio.ensure_future(finish())
-        done, _ = await asyncio.wait({task}, timeout=RECORDING_CLOSE_TIMEOUT_S)
+        done, _ = await wait(self._clock, {task}, RECORDING_CLOSE_TIMEOUT_S)
         if not done:
             log.warning(
                 "media: closing the recording of call %s takes over %ss",

@@ -29,9 +29,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from media.testing import LoopbackClient
 from signalling.app import create_app
 from tests.conftest import MakeSettings
+from tests.mediautil import LoopbackClient
 from tests.wsutil import until
 
 SFU_ON_LOOPBACK = {"mode": "sfu", "host_addresses": ["127.0.0.1"], "include_loopback": True}

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from pylibsrtp import Policy, Session
 
-from media.forwarding import MonotonicClock, Publication
+from media.clock import SystemClock
+from media.forwarding import Publication
 from media.packet_path import LegSink, PacketPath, Route
 from media.rtp import parse_header
 from media.rtp_forwarding import RtpForwarder
@@ -126,7 +127,7 @@ async def rig() -> AsyncIterator[Rig]:
         "video",
         lambda: True,
         keyframe_interval_s=1,
-        clock=MonotonicClock(),
+        clock=SystemClock(),
         send_nack=nacks.append,
     )
     forwarder = RtpForwarder("video")

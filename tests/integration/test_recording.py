@@ -33,10 +33,10 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
 from media.errors import NotSupported
-from media.recording import Recording
+from media.recording.files import Recording
 from media.settings import MediaSettings, VideoCodec
 from media.sfu import Sfu
-from media.testing import LoopbackClient
+from tests.mediautil import LoopbackClient
 from tests.wsutil import until
 
 CALL = "call-rec"

@@ -19,10 +19,11 @@ import pytest
 from aiortc import RTCConfiguration
 from aiortc.codecs import get_decoder
 
+from media.clock import Clock, ManualClock
 from media.errors import CallFull, NegotiationError, UnknownLeg
 from media.settings import Forwarding, MediaSettings, VideoCodec
 from media.sfu import Sfu
-from media.testing import LoopbackClient
+from tests.mediautil import LoopbackClient
 from tests.wsutil import until
 
 CALL = "call-1"
@@ -38,9 +39,9 @@ async def make_sfu() -> AsyncIterator[MakeSfu]:
     """An SFU gathering on 127.0.0.1 only, with no ICE servers; closed after the test."""
     made: list[Sfu] = []
 
-    def make(**overrides: Any) -> Sfu:
+    def make(clock: Clock | None = None, **overrides: Any) -> Sfu:
         settings = MediaSettings(host_addresses=("127.0.0.1",), include_loopback=True, **overrides)
-        made.append(Sfu(settings, RTCConfiguration(iceServers=[])))
+        made.append(Sfu(settings, RTCConfiguration(iceServers=[]), clock=clock))
         return made[-1]
 
     yield make
@@ -248,20 +249,35 @@ async def test_a_leg_that_never_connects_is_reported_once_and_a_reoffer_resets_i
     async def report(call_id: str, party: str) -> None:
         failed.append((call_id, party))
 
-    sfu = make_sfu(connect_timeout_s=1.0)
+    def connected(party: str) -> bool:
+        stats = sfu.stats(CALL)
+        leg = stats.legs.get(party) if stats is not None else None
+        return leg is not None and leg.connection_state == "connected"
+
+    clock = ManualClock()  # the watchdogs' time; the peers connect in real time
+    sfu = make_sfu(clock=clock, connect_timeout_s=1.0)
     sfu.on_media_failed = report
     alice, bob, bob_again = (LoopbackClient(n) for n in ("alice", "bob", "bob"))
     clients += [alice, bob, bob_again]
     await join(sfu, alice, "caller")
     await sfu.answer(CALL, "host", await bob.offer())  # never applied: bob never connects
-    await asyncio.sleep(0.6)
+    await until(lambda: connected("caller"), 10, "the caller to connect")
+    clock.advance(0.6)  # bob's watchdog started with his answer
     await join(sfu, bob_again, "host")  # his re-offer replaces the stuck leg in time
-    await asyncio.sleep(1.2)
+    await until(lambda: connected("host"), 10, "the host's re-offer to connect")
+    clock.advance(1.2)
+    await asyncio.sleep(0.1)
     assert failed == []
 
     stuck = LoopbackClient("bob")
     clients.append(stuck)
     await sfu.answer(CALL, "host", await stuck.offer())
+    await asyncio.sleep(0.1)  # its watchdog starts
+    clock.advance(0.9)
+    await asyncio.sleep(0.1)
+    assert failed == []
+    clock.advance(0.2)
     await until(lambda: bool(failed), 5, "the stuck leg to be reported")
-    await asyncio.sleep(1.2)
+    clock.advance(1.2)
+    await asyncio.sleep(0.1)
     assert failed == [(CALL, "host")]

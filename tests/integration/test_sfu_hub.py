@@ -14,9 +14,9 @@ import av
 import pytest
 from aiohttp.test_utils import TestClient
 
-from media.testing import LoopbackClient
 from signalling.app import create_app
 from tests.conftest import MakeSettings, MakeToken
+from tests.mediautil import LoopbackClient
 from tests.wsutil import recv, until
 
 AiohttpClient = Any

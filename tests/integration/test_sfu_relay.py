@@ -21,10 +21,10 @@ from aiohttp.test_utils import TestClient
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 
 from media.ice import ice_gatherers
-from media.testing import LoopbackClient
 from signalling.app import create_app
 from tests.conftest import MakeSettings, MakeToken
 from tests.integration.coturn import Coturn, running_coturn
+from tests.mediautil import LoopbackClient
 from tests.wsutil import recv, until
 from turn.credentials import mint, password_for
 

@@ -10,16 +10,9 @@ import av
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
+from media.clock import ManualClock
 from media.forwarding import ForwardingTrack, Publication
 from media.rtp_hooks import EncodedFrame
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class Pli:
@@ -100,17 +93,17 @@ async def test_keyframe_requests_are_rate_limited_and_deferred() -> None:
     for _ in range(5):
         pub.request_keyframe()
     assert pli.sent == 1
-    clock.now += 0.5
+    clock.advance(0.5)
     pub.on_frame(video(0))
     assert pli.sent == 1  # still inside the interval: remembered, not sent
-    clock.now += 0.6
+    clock.advance(0.6)
     pub.on_frame(video(3000))
     assert pli.sent == 2  # sent with the first frame after the interval
-    clock.now += 2
+    clock.advance(2)
     pub.on_frame(video(6000))
     assert pli.sent == 3  # no keyframe came (a lost PLI?): retried, once per interval
     pub.on_frame(video(9000, key=True))
-    clock.now += 2
+    clock.advance(2)
     pub.on_frame(video(12000))
     assert pli.sent == 3  # the keyframe satisfied it
     assert pub.stats().keyframe_requests_received == 5
@@ -123,7 +116,7 @@ async def test_a_keyframe_satisfies_a_pending_request() -> None:
     pub.request_keyframe()
     pub.request_keyframe()
     pub.on_frame(video(0, key=True))
-    clock.now += 5
+    clock.advance(5)
     pub.on_frame(video(3000))
     assert pli.sent == 1
 
@@ -153,7 +146,7 @@ async def test_full_video_queue_is_flushed_and_regated() -> None:
     first = await pulling(track)
     pub.on_frame(video(0, key=True))
     assert bytes(await first) == b"K0"
-    clock.now += 10
+    clock.advance(10)
     for ts in (3000, 6000, 9000, 12000):  # the 4th overflows a queue of 3
         pub.on_frame(video(ts))
     assert len(track._queue) == 0
@@ -215,3 +208,24 @@ async def test_closed_publication_detaches_subscribers() -> None:
     assert track.source is None
     pub.on_frame(video(0, key=True))
     assert pub.stats().frames_received == 0
+
+
+def test_a_tap_gets_every_frame_and_cannot_break_forwarding(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publication = Publication("video", lambda: True, keyframe_interval_s=1.0, clock=ManualClock())
+    seen: list[int] = []
+
+    def broken(frame: EncodedFrame) -> None:
+        raise RuntimeError("boom")
+
+    publication.add_tap(broken)
+    publication.add_tap(lambda f: seen.append(f.timestamp))
+    publication.on_frame(video(0, key=True))  # nobody subscribed: the taps still get it
+    publication.remove_tap(broken)
+    publication.on_frame(video(3000, key=False))
+    assert seen == [0, 3000]
+    assert any("tap failed" in r.getMessage() for r in caplog.records)
+    publication.close()
+    publication.on_frame(video(6000, key=False))
+    assert seen == [0, 3000]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from media.forwarding import Publication, SubscriptionStats
+from media.clock import ManualClock
+from media.forwarding import Publication
 from media.rtp_forwarding import RtpForwarder, seq_newer
+from media.subscription import SubscriptionStats
 
 VIDEO_HZ = 90000
 AUDIO_HZ = 48000
@@ -13,14 +15,6 @@ VIDEO_STEP = VIDEO_HZ // 30  # one nominal frame
 AUDIO_STEP = AUDIO_HZ // 50
 
 Sent = tuple[int, int, bool, bytes]
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class Pli:
@@ -101,7 +95,7 @@ def test_video_waits_for_a_keyframe_and_asks_for_one_rate_limited() -> None:
     rtp(pub, 10, 0)
     rtp(pub, 11, 3000)
     assert sink.sent == [] and pli.sent == 1  # inside the interval
-    clock.now += 1.0
+    clock.advance(1.0)
     rtp(pub, 12, 6000)
     assert pli.sent == 2
     rtp(pub, 13, 9000, key=True)
@@ -112,7 +106,7 @@ def test_video_waits_for_a_keyframe_and_asks_for_one_rate_limited() -> None:
         (14, 9000, True, b"p14"),
         (15, 12000, False, b"p15"),
     ]
-    clock.now += 5
+    clock.advance(5)
     rtp(pub, 16, 15000)
     assert pli.sent == 2  # the keyframe satisfied the request
     assert fwd.stats() == SubscriptionStats(
@@ -195,7 +189,7 @@ def test_new_ssrc_on_the_same_video_publication_waits_for_its_keyframe() -> None
     pub = publication(pli=pli, clock=clock)
     fwd = forwarder(pub, sink)
     rtp(pub, 1, 0, key=True)
-    clock.now += 10
+    clock.advance(10)
     rtp(pub, 9, 777000, key=True, ssrc=0x4444)
     rtp(pub, 10, 780000, ssrc=0x4444)
     assert sink.numbering == [(1, 0), (2, VIDEO_STEP), (3, VIDEO_STEP + 3000)]
@@ -236,9 +230,10 @@ def test_sequence_wraps_around() -> None:
 
     sink2 = Sink()
     fwd2 = forwarder(publication("audio"), sink2)
-    assert fwd2.source is not None
-    rtp(fwd2.source, 65535, 0)
-    rtp(fwd2.source, 300, 960, ssrc=0x6666)
+    source = fwd2.source
+    assert isinstance(source, Publication)
+    rtp(source, 65535, 0)
+    rtp(source, 300, 960, ssrc=0x6666)
     assert sink2.numbering == [(65535, 0), (0, AUDIO_STEP)]  # continues at last + 1 = 0
 
 
@@ -249,7 +244,7 @@ def test_refused_video_waits_for_a_keyframe_and_closes_the_gap() -> None:
     rtp(pub, 1, 0, key=True)
     rtp(pub, 2, 3000)
     assert fwd.source_sequence(2) == 2
-    clock.now += 10
+    clock.advance(10)
     sink.refuse = True
     rtp(pub, 3, 6000)
     assert pli.sent == 2  # the refusal asks for a keyframe

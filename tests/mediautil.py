@@ -1,4 +1,5 @@
-"""Synthetic media and a loopback WebRTC client, for tests, benchmarks and smoke checks.
+"""Synthetic media, encoded media and a loopback WebRTC client, for tests, benchmarks and
+smoke checks.
 
 Nothing here is used on the call path. The client is a plain aiortc peer that sends a
 moving test pattern and a sine tone, decodes whatever it receives, and gathers ICE
@@ -15,7 +16,10 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
+import av
 from aiortc import (
     AudioStreamTrack,
     RTCConfiguration,
@@ -184,3 +188,44 @@ class LoopbackClient:
                     reception.sizes.add((frame.width, frame.height))
         except MediaStreamError:
             reception.ended_at = time.monotonic()
+
+
+# --- encoded media, as a publisher sends it, and files read back (recording tests) ----------
+
+
+def encode_video(codec: str, width: int, height: int, frames: int, **options: str) -> list[Any]:
+    encoder: Any = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base = Fraction(1, 30)
+    encoder.options = options
+    packets: list[Any] = []
+    for i in range(frames):
+        frame = VideoFrame(width, height, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([(i * 8) & 0xFF]) * plane.buffer_size)
+        frame.pts = i
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    return packets
+
+
+def encode_opus(frames: int) -> list[bytes]:
+    encoder: Any = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48_000, "stereo", "s16"
+    encoder.time_base = Fraction(1, 48_000)
+    packets: list[bytes] = []
+    for i in range(frames):
+        frame = AudioFrame(format="s16", layout="stereo", samples=960)
+        frame.planes[0].update(bytes(960 * 4))
+        frame.sample_rate, frame.pts = 48_000, i * 960
+        packets += [bytes(p) for p in encoder.encode(frame)]
+    return packets
+
+
+def packets_of(path: Path) -> dict[str, list[tuple[int, bool]]]:
+    found: dict[str, list[tuple[int, bool]]] = {}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.size and packet.pts is not None:
+                found.setdefault(packet.stream.type, []).append((packet.pts, packet.is_keyframe))
+    return found

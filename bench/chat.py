@@ -63,9 +63,9 @@ from pymongo.errors import PyMongoError
 from bench.loop import loop_factory
 from signalling.app import create_app
 from signalling.auth import Identity, Role, load_keys, mint_token
-from signalling.chat_mongo import INDEXES
+from signalling.calls.hooks import FreeCalls
+from signalling.chat.mongo import INDEXES
 from signalling.clock import SystemClock
-from signalling.hub import FreeCalls
 from signalling.settings import Settings
 
 Doc = dict[str, Any]

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -29,27 +30,46 @@ from billing.migrate import migrate
 from media.sfu import Sfu
 from turn.credentials import ice_servers as turn_ice_servers
 
-from .auth import Identity, KeyMaterial, Role, TokenVerifier, load_keys, mint_token
-from .chat import ChatStore, MemoryChat
-from .chat_mongo import MongoChat
-from .chat_service import CHAT, ChatService
+from .auth import Identity, Role, TokenVerifier, load_keys, mint_token
+from .calls.billing import HubBillingEvents, LedgerHooks
+from .calls.gifts import Gifts
+from .calls.hooks import CallHooks
+from .calls.relay import MediaServer
+from .calls.service import Calls
+from .chat.handlers import ChatService
+from .chat.memory import MemoryChat
+from .chat.mongo import MongoChat
 from .clock import Clock, SystemClock
+from .cluster.bus import LocalRouter, RedisRouter, Router
 from .errors import ConfigError
-from .http_api import BILLING_SETTINGS, LEDGER, SFU, add_routes, json_errors
-from .hub import CallHooks, Hub
+from .http.rest import add_routes, json_errors
+from .hub import Hub
+from .keys import (
+    BILLING_SETTINGS,
+    CALLS,
+    CHAT,
+    CHAT_STORE,
+    CLOCK,
+    CONNECTIONS,
+    HUB,
+    HUB_SETTINGS,
+    KEYS,
+    LEDGER,
+    PRESENCE,
+    SETTINGS,
+    SFU,
+    VERIFIER,
+)
 from .limits import ConnectionLimiter
-from .money import Gifts, HubBillingEvents, LedgerHooks
-from .presence import MemoryPresence, MemoryWorld, PresenceStore
-from .presence_redis import RedisPresence
-from .router import LocalRouter, RedisRouter, Router
-from .settings import Settings
-from .ws import CONNECTIONS, HUB, HUB_SETTINGS, VERIFIER, websocket
+from .port import HubPort
+from .presence.memory import MemoryPresence, MemoryWorld
+from .presence.redis_store import RedisPresence
+from .presence.service import Presence
+from .presence.store import PresenceStore
+from .protocol import IceServerInfo
+from .settings import HubSettings, Settings
+from .ws import websocket
 
-SETTINGS = web.AppKey("settings", Settings)
-KEYS = web.AppKey("keys", KeyMaterial)
-CLOCK = web.AppKey("clock", Clock)
-CHAT_STORE = web.AppKey("chat_store", ChatStore)
-TIMER_TICK_S = 0.25
 DEV_CREDIT_MAX = 10_000
 log = logging.getLogger("jalwa")
 
@@ -166,36 +186,36 @@ def _hub_context(
             )
         ledger_hooks = LedgerHooks(app[LEDGER], settings.billing)
         sfu = _build_sfu(settings, clock) if settings.media.mode == "sfu" else None
-        hub = Hub(
-            settings=settings.hub,
-            presence=presence,
+        wings = assemble(
+            settings.hub,
+            presence,
             clock=clock,
             hooks=hooks or ledger_hooks,
             router=router,
             media_server=sfu,
             record_policy=settings.media.recording,
-            turn=settings.turn,
-            logger=logging.getLogger("jalwa.hub"),
+            ice_servers=_ice_servers(settings, clock),
+            chat=lambda port: ChatService(app[CHAT_STORE], port, settings.chat, clock),
         )
-        app[HUB] = hub
+        hub, calls_wing, presence_wing = wings.hub, wings.calls, wings.presence
+        assert wings.chat is not None
+        chat = wings.chat
+        Gifts(hub, calls_wing.book, app[LEDGER], settings.billing).install()
+        app[HUB], app[CALLS], app[PRESENCE], app[CHAT] = hub, calls_wing, presence_wing, chat
         if sfu is not None:
-            sfu.on_media_failed = hub.media_failed
+            sfu.on_media_failed = calls_wing.media_failed
             app[SFU] = sfu
-        chat = ChatService(app[CHAT_STORE], hub, settings.chat, clock)
-        chat.install()
-        Gifts(app[LEDGER], settings.billing, hub).install()
-        app[CHAT] = chat
-        billing_loop = BillingLoop(app[LEDGER], settings.billing, HubBillingEvents(hub))
-        await hub.beat()
+        events = HubBillingEvents(hub, calls_wing)
+        billing_loop = BillingLoop(app[LEDGER], settings.billing, events)
+        await presence_wing.beat()
         await hub.start_routing()
         beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3
         tasks = [
-            asyncio.create_task(_every(TIMER_TICK_S, hub.tick, "timers")),
-            asyncio.create_task(_every(beat_every, hub.beat, "presence beat")),
+            asyncio.create_task(calls_wing.run_timers()),
+            asyncio.create_task(_every(beat_every, presence_wing.beat, "presence beat")),
             asyncio.create_task(billing_loop.run()),
         ]
         if settings.billing.orphan_after_s > 0:
-            events = HubBillingEvents(hub)
             period = max(1.0, settings.billing.orphan_after_s / 4)
             keepalive = functools.partial(events.keep_calls_alive, app[LEDGER])
             tasks.append(asyncio.create_task(_every(period, keepalive, "call keepalive")))
@@ -219,6 +239,68 @@ def _hub_context(
     return ctx
 
 
+@dataclass(frozen=True, slots=True)
+class Wings:
+    hub: Hub
+    calls: Calls
+    presence: Presence
+    chat: ChatService | None
+
+
+def assemble(
+    hub_settings: HubSettings,
+    presence: PresenceStore,
+    *,
+    clock: Clock,
+    hooks: CallHooks,
+    router: Router | None = None,
+    media_server: MediaServer | None = None,
+    record_policy: str = "off",
+    ice_servers: Callable[[str], list[IceServerInfo]] = lambda user_id: [],
+    chat: Callable[[HubPort], ChatService] | None = None,
+    new_call_id: Callable[[], str] | None = None,
+) -> Wings:
+    """The hub with its wings installed and wired to each other: presence asks calls "in a
+    call?", calls asks presence to republish and chat whether either party blocked the
+    other. No I/O: unit tests assemble it too."""
+    hub = Hub(
+        settings=hub_settings,
+        directory=presence,
+        clock=clock,
+        router=router,
+        ice_servers=ice_servers,
+        logger=logging.getLogger("jalwa.hub"),
+    )
+    chat_wing = chat(hub) if chat is not None else None
+    calls: Calls | None = None
+
+    def in_call(user_id: str) -> bool:
+        return calls is not None and calls.in_call(user_id)
+
+    presence_wing = Presence(
+        hub, presence, watch_max=hub_settings.presence_watch_max, in_call=in_call
+    )
+    calls = Calls(
+        hub,
+        settings=hub_settings,
+        clock=clock,
+        hooks=hooks,
+        media_server=media_server,
+        record_policy=record_policy,
+        refresh_presence=presence_wing.refresh,
+        invite_guards=[chat_wing.no_calls_when_blocked] if chat_wing is not None else [],
+        new_call_id=new_call_id,
+        logger=logging.getLogger("jalwa.calls"),
+    )
+    # Order matters where wings share a lifecycle step: a lost party's call goes back on
+    # its grace timer before their presence is cleared.
+    calls.install()
+    presence_wing.install()
+    if chat_wing is not None:
+        chat_wing.install()
+    return Wings(hub, calls, presence_wing, chat_wing)
+
+
 def _build_sfu(settings: Settings, clock: Clock) -> Sfu:
     """The SFU with explicit ICE servers: the configured ones plus TURN for itself."""
     servers = [
@@ -231,7 +313,22 @@ def _build_sfu(settings: Settings, clock: Clock) -> Sfu:
                 urls=minted["urls"], username=minted["username"], credential=minted["credential"]
             )
         )
-    return Sfu(settings.media, RTCConfiguration(iceServers=servers))
+    return Sfu(settings.media, RTCConfiguration(iceServers=servers), clock=clock)
+
+
+def _ice_servers(settings: Settings, clock: Clock) -> Callable[[str], list[IceServerInfo]]:
+    """What ``welcome`` offers a user: the configured servers plus short-lived TURN
+    credentials of their own (DESIGN §6)."""
+    configured = [
+        IceServerInfo(urls=s.urls, username=s.username, credential=s.credential)
+        for s in settings.hub.ice_servers
+    ]
+
+    def servers(user_id: str) -> list[IceServerInfo]:
+        minted = turn_ice_servers(settings.turn, user_id, clock.time())
+        return [*configured, *(IceServerInfo(**server) for server in minted)]
+
+    return servers
 
 
 async def _every(period: float, job: Callable[[], Awaitable[None]], name: str) -> None:
@@ -247,6 +344,7 @@ async def _every(period: float, job: Callable[[], Awaitable[None]], name: str) -
 async def _close_sessions(app: web.Application) -> None:
     hub = app.get(HUB)
     if hub is not None:
+        await app[CALLS].shutdown()
         await hub.shutdown()
         # Let the pumps flush call.ended and the 1012 close before the loop stops.
         for _ in range(20):

@@ -16,6 +16,7 @@ import jwt
 
 from .clock import Clock
 from .errors import AuthError, ConfigError
+from .protocol import UserInfo
 from .settings import AuthSettings, Settings
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
@@ -168,3 +169,8 @@ def mint_token(
     if auth.issuer is not None:
         claims["iss"] = auth.issuer
     return jwt.encode(claims, keys.signing_key, algorithm=keys.algorithm)
+
+
+def user_info(identity: Identity) -> UserInfo:
+    """How a user is shown to others in protocol messages."""
+    return UserInfo(id=identity.user_id, role=identity.role.value, name=identity.name)

@@ -1,36 +1,12 @@
-"""The one place the hub reads time, so tests can drive timers without sleeping."""
+"""The one clock of the process: the hub, its wings, the SFU's watchdogs and the recorder
+all read time (and wait) through the ``Clock`` the composition root gives them, so tests
+drive timers by moving a ``ManualClock`` instead of sleeping.
+
+It is media's clock: ``media`` may not import ``signalling``, the reverse is allowed.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Protocol
+from media.clock import Clock, ManualClock, SystemClock
 
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-
-class ManualClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self._now = start
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def time(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
+__all__ = ["Clock", "ManualClock", "SystemClock"]

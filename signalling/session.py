@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .auth import Identity
 from .clock import Clock
-from .protocol import CloseCode, ServerMessage, encode
+from .protocol import CloseCode, ServerMessage, Status, encode
 from .ratelimit import TokenBucket
 
 
@@ -30,7 +30,7 @@ class Session:
     ) -> None:
         self.session_id = "s_" + secrets.token_urlsafe(12)
         self.identity = identity
-        self.status = "available"  # what the user chose; shown as busy while in a call
+        self.status: Status = "available"  # what the user chose; busy while in a call
         self.location: tuple[float, float] | None = None
         self.watching: set[str] = set()
         self.rate = TokenBucket(rate_per_s, rate_burst, clock)

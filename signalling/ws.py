@@ -7,18 +7,12 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
-from .auth import TokenVerifier
 from .errors import AuthError
-from .hub import Hub
-from .limits import ConnectionLimiter
+from .keys import CONNECTIONS, HUB, HUB_SETTINGS, VERIFIER
 from .protocol import CloseCode
 from .session import Session
 from .settings import HubSettings
 
-HUB = web.AppKey("hub", Hub)
-VERIFIER = web.AppKey("verifier", TokenVerifier)
-HUB_SETTINGS = web.AppKey("hub_settings", HubSettings)
-CONNECTIONS = web.AppKey("connections", ConnectionLimiter)
 CLOSE_TIMEOUT_S = 2.0
 TRY_AGAIN_LATER = 1013
 

@@ -26,24 +26,21 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from signalling.chat import (
+from signalling.chat.memory import MemoryChat
+from signalling.chat.model import (
     ChatBlocked,
     ChatError,
     ChatForbidden,
     ChatInvalid,
     ChatInvalidText,
     ChatNotFound,
-    ChatStore,
     Conversation,
     Cursor,
-    MemoryChat,
     Message,
-    MessageIds,
-    conversation_id,
-    participants_of,
-    validate_text,
 )
-from signalling.chat_mongo import INDEXES, MongoChat
+from signalling.chat.mongo import INDEXES, MongoChat
+from signalling.chat.rules import MessageIds, conversation_id, participants_of, validate_text
+from signalling.chat.store import ChatStore
 from signalling.errors import JalwaError
 
 MAX_TEXT = 50

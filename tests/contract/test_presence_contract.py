@@ -25,8 +25,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from signalling.clock import ManualClock
-from signalling.presence import MemoryPresence, MemoryWorld, PresenceRecord, PresenceStore
-from signalling.presence_redis import RedisPresence
+from signalling.presence.memory import MemoryPresence, MemoryWorld
+from signalling.presence.redis_store import RedisPresence
+from signalling.presence.store import PresenceRecord, PresenceStore
 
 TTL_S = 2
 NODE_TTL_S = 1

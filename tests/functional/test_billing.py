@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from billing.receipts import sign
 from signalling.app import create_app
-from signalling.http_api import LEDGER, SIGNATURE_HEADER
+from signalling.http.rest import SIGNATURE_HEADER
+from signalling.keys import LEDGER
 from tests.conftest import MakeSettings, MakeToken
 from tests.wsutil import recv
 

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from signalling.app import create_app
-from signalling.hub import FreeCalls
+from signalling.calls.hooks import FreeCalls
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
 from tests.rawws import RawClient

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from pymongo import AsyncMongoClient
 
 from signalling.app import create_app
-from signalling.hub import FreeCalls
+from signalling.calls.hooks import FreeCalls
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
 from tests.integration.services import require_mongo

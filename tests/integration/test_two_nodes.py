@@ -9,7 +9,7 @@ from aiohttp import WSMsgType
 from pymongo import AsyncMongoClient
 
 from signalling.app import create_app
-from signalling.hub import FreeCalls
+from signalling.calls.hooks import FreeCalls
 from tests.conftest import MakeSettings, MakeToken
 from tests.integration.services import require_mongo, require_redis
 from tests.wsutil import recv

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from signalling.auth import Identity, Role
-from signalling.calls import CallBook, CallState, Deliver, Ended, Started
+from signalling.calls.machine import CallBook, CallState, Deliver, Ended, Started
 from signalling.errors import CallError
 from signalling.protocol import CallIncoming, CallRinging, EndReason, ErrorCode
 

@@ -8,11 +8,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from signalling.app import assemble
 from signalling.auth import Identity, Role
-from signalling.calls import Call
+from signalling.calls.hooks import CallRefused, EndFigures, FreeCalls, StartTerms
+from signalling.calls.machine import Call
 from signalling.clock import ManualClock
-from signalling.hub import CallRefused, EndFigures, FreeCalls, Hub, StartTerms
-from signalling.presence import MemoryPresence, MemoryWorld, PresenceRecord
+from signalling.presence.memory import MemoryPresence, MemoryWorld
+from signalling.presence.store import PresenceRecord
 from signalling.protocol import CloseCode, EndReason
 from signalling.session import Session
 from signalling.settings import HubSettings
@@ -44,12 +46,8 @@ class Env:
         self.world = MemoryWorld(self.clock)
         self.presence = MemoryPresence(self.world, "n1", ttl_s=15, node_ttl_s=10)
         self.hooks = RecordingHooks()
-        self.hub = Hub(
-            settings=HubSettings(**hub),
-            presence=self.presence,
-            clock=self.clock,
-            hooks=self.hooks,
-        )
+        wings = assemble(HubSettings(**hub), self.presence, clock=self.clock, hooks=self.hooks)
+        self.hub, self.calls = wings.hub, wings.calls
 
     async def send(self, session: Session, **msg: Any) -> None:
         await self.hub.handle_frame(session, msgspec.json.encode(msg).decode())
@@ -180,10 +178,10 @@ async def test_ring_timeout_via_tick(env: Env) -> None:
     alice, bob = await env.hub.connect(ALICE), await env.hub.connect(BOB)
     await env.send(alice, type="call.invite", to="bob")
     env.clock.advance(29)
-    await env.hub.tick()
+    await env.calls.tick()
     assert of_type(bob, "call.ended") == []
     env.clock.advance(2)
-    await env.hub.tick()
+    await env.calls.tick()
     assert [f["reason"] for f in of_type(bob, "call.ended")] == ["timeout"]
     assert [f["reason"] for f in of_type(alice, "call.ended")] == ["timeout"]
 
@@ -195,7 +193,7 @@ async def test_disconnect_then_peer_lost_or_resume(env: Env) -> None:
     await env.send(bob, type="call.accept", call_id=cid)
     await env.hub.disconnect(alice)
     env.clock.advance(10)
-    await env.hub.tick()
+    await env.calls.tick()
     alice2 = await env.hub.connect(ALICE)
     welcome = frames(alice2)[0]
     assert welcome["call"] == {
@@ -205,12 +203,12 @@ async def test_disconnect_then_peer_lost_or_resume(env: Env) -> None:
         "role": "caller",
     }
     env.clock.advance(60)
-    await env.hub.tick()
+    await env.calls.tick()
     assert of_type(bob, "call.ended") == []
 
     await env.hub.disconnect(bob)
     env.clock.advance(15)
-    await env.hub.tick()
+    await env.calls.tick()
     assert [f["reason"] for f in of_type(alice2, "call.ended")] == ["peer_lost"]
 
 
@@ -345,6 +343,7 @@ async def test_shutdown_ends_calls_and_closes_with_restart(env: Env) -> None:
     await env.send(alice, type="call.invite", id="1", to="bob")
     cid = of_type(alice, "ack")[0]["call_id"]
     await env.send(bob, type="call.accept", call_id=cid)
+    await env.calls.shutdown()
     await env.hub.shutdown()
     assert [f["reason"] for f in of_type(alice, "call.ended")] == ["shutdown"]
     assert alice.close_code is CloseCode.SERVICE_RESTART
@@ -356,8 +355,8 @@ async def test_end_call_from_outside(env: Env) -> None:
     await env.send(alice, type="call.invite", id="1", to="bob")
     cid = of_type(alice, "ack")[0]["call_id"]
     await env.send(bob, type="call.accept", call_id=cid)
-    assert await env.hub.end_call(cid, EndReason.INSUFFICIENT_BALANCE)
-    assert not await env.hub.end_call(cid, EndReason.ADMIN)
+    assert await env.calls.end_call(cid, EndReason.INSUFFICIENT_BALANCE)
+    assert not await env.calls.end_call(cid, EndReason.ADMIN)
     assert [f["reason"] for f in of_type(bob, "call.ended")] == ["insufficient_balance"]
 
 
@@ -374,7 +373,7 @@ async def test_broken_billing_hook_ends_the_call_not_the_session(env: Env) -> No
     out = frames(bob)
     assert {"type": "ack", "id": "2"} in out
     assert [f["reason"] for f in out if f["type"] == "call.ended"] == ["cancelled"]
-    assert env.hub.calls.call_of("alice") is None and not bob.closing
+    assert env.calls.book.call_of("alice") is None and not bob.closing
 
 
 async def test_connect_with_store_down_leaves_no_session(env: Env) -> None:
@@ -403,7 +402,7 @@ async def test_reconnect_hitting_a_store_failure_keeps_the_grace_timer(env: Env)
         await env.hub.connect(ALICE)  # came back, but could not be registered
     env.presence.set = real_set  # type: ignore[method-assign]
     env.clock.advance(16)
-    await env.hub.tick()
+    await env.calls.tick()
     assert [f["reason"] for f in of_type(bob, "call.ended")] == ["peer_lost"]
     assert env.hooks.ended == [(cid, "peer_lost")]
 
@@ -411,7 +410,7 @@ async def test_reconnect_hitting_a_store_failure_keeps_the_grace_timer(env: Env)
 async def test_an_old_sessions_disconnect_does_not_announce_a_user_online_elsewhere() -> None:
     env = Env()
     other_node = MemoryPresence(env.world, "n2", ttl_s=15, node_ttl_s=10)
-    hub2 = Hub(settings=HubSettings(), presence=other_node, clock=env.clock, hooks=FreeCalls())
+    hub2 = assemble(HubSettings(), other_node, clock=env.clock, hooks=FreeCalls()).hub
     bob = await env.hub.connect(BOB)
     await env.send(bob, type="presence.watch", user_ids=["alice"])
     old = await env.hub.connect(ALICE)

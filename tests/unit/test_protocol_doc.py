@@ -10,17 +10,19 @@ import msgspec
 import pytest
 
 from signalling import protocol_doc
+from signalling.app import assemble
 from signalling.auth import Identity, Role
-from signalling.calls import Call, CallBook
+from signalling.calls.hooks import EndFigures, FreeCalls, StartTerms
+from signalling.calls.machine import Call
 from signalling.clock import ManualClock
-from signalling.hub import EndFigures, FreeCalls, Hub, StartTerms
-from signalling.presence import MemoryPresence, MemoryWorld
+from signalling.presence.memory import MemoryPresence, MemoryWorld
 from signalling.protocol import (
     CLIENT_TYPES,
     SERVER_MESSAGES,
     CloseCode,
     EndReason,
     ErrorCode,
+    IceServerInfo,
     ServerMessage,
     Welcome,
     encode,
@@ -110,17 +112,15 @@ async def test_example_is_what_the_hub_sends(monkeypatch: pytest.MonkeyPatch) ->
     settings = HubSettings.model_validate(
         {"ice_servers": [{"urls": ["stun:stun.example.net:3478"]}]}
     )
-    hub = Hub(
-        settings=settings,
-        presence=MemoryPresence(MemoryWorld(clock), "n1", ttl_s=15, node_ttl_s=10),
+    stun = [IceServerInfo(urls=s.urls) for s in settings.ice_servers]
+    hub = assemble(
+        settings,
+        MemoryPresence(MemoryWorld(clock), "n1", ttl_s=15, node_ttl_s=10),
         clock=clock,
         hooks=ExampleBilling(),
-    )
-    hub.calls = CallBook(
-        ring_timeout_s=settings.ring_timeout_s,
-        peer_lost_grace_s=settings.peer_lost_grace_s,
+        ice_servers=lambda user_id: stun,
         new_call_id=lambda: protocol_doc.EXAMPLE_CALL_ID,
-    )
+    ).hub
     steps = [s for s in protocol_doc.EXAMPLE if not isinstance(s, str)]
     welcome = steps.pop(0)
     sessions: dict[str, Session] = {}

@@ -1,5 +1,5 @@
-"""Glue between the hub and billing: the hub's CallHooks on a Ledger, and the billing
-loop's events delivered through the hub. Billing errors become protocol error codes here.
+"""How calls meet billing: the calls wing's CallHooks on a Ledger, and the billing loop's
+events delivered to users wherever they are. Billing errors become protocol error codes here.
 """
 
 from __future__ import annotations
@@ -17,22 +17,20 @@ from billing.errors import (
 from billing.ledger import CallTerms, Ledger, Stop, Tick, minutes_left
 from billing.settings import BillingSettings
 
-from .auth import Identity, Role
-from .calls import Call, user_info
-from .errors import CallError, JalwaError
-from .hub import CallRefused, EndFigures, Hub, Outcome, StartTerms
-from .protocol import (
-    Ack,
+from ..auth import Identity
+from ..errors import JalwaError
+from ..port import HubPort
+from ..protocol import (
     BillingLowBalance,
     BillingTick,
     EndReason,
     ErrorCode,
-    GiftReceived,
-    GiftSend,
     ServerMessage,
     WalletBalance,
 )
-from .session import Session
+from .hooks import CallRefused, EndFigures, StartTerms
+from .machine import Call
+from .service import Calls
 
 log = logging.getLogger(__name__)
 CLOSE_RETRY_S = (0.5, 1, 2, 5, 10, 30, 60)
@@ -133,94 +131,32 @@ class LedgerHooks:
             task.cancel()
 
 
-class Gifts:
-    """``gift.send`` (docs/protocol.md §5.7): a caller pays a host for a catalog gift."""
-
-    def __init__(self, ledger: Ledger, settings: BillingSettings, hub: Hub) -> None:
-        self._ledger = ledger
-        self._settings = settings
-        self._hub = hub
-
-    def install(self) -> None:
-        self._hub.register(GiftSend, self._send)
-
-    async def _send(self, session: Session, msg: GiftSend) -> Outcome:
-        receiver = await self._receiver(session, msg)
-        sender = session.identity
-        try:
-            sent = await self._ledger.send_gift(
-                msg.idempotency_key,  # the ledger scopes it to the sender
-                sender=sender.user_id,
-                receiver=receiver.user_id,
-                gift_id=msg.gift_id,
-                share_bps=self._settings.host_share_bps,
-            )
-            mine = await self._ledger.balances(sender.user_id)
-            theirs = await self._ledger.balances(receiver.user_id)
-        except BillingError as exc:
-            raise protocol_error(exc) from exc
-        reply = (
-            Ack(id=msg.id, balance=mine.wallet, entry_id=sent.entry_id)
-            if msg.id is not None
-            else None
-        )
-        if sent.replayed:
-            # A retry of a gift already sent: the host heard of it the first time (§5.7).
-            return reply, []
-        gift = GiftReceived(
-            sender=user_info(sender),
-            gift_id=msg.gift_id,
-            coins=sent.host_credit,
-            entry_id=sent.entry_id,
-            call_id=msg.call_id,
-        )
-        balance = WalletBalance(wallet=theirs.wallet, earnings=theirs.earnings)
-        await self._hub.deliver_anywhere(receiver.user_id, gift, balance)
-        session.send(WalletBalance(wallet=mine.wallet, earnings=mine.earnings))
-        return reply, []
-
-    async def _receiver(self, session: Session, msg: GiftSend) -> Identity:
-        """The host the gift is for: the peer of the named call, or any online host."""
-        if msg.call_id is not None:
-            call = self._hub.calls.require_active(session.user_id, msg.call_id)
-            receiver = call.peer_of(session.user_id)
-            if receiver.user_id != msg.to:
-                raise CallError(f"{msg.to} is not in call {msg.call_id}", code=ErrorCode.FORBIDDEN)
-        else:
-            found = await self._hub.find_user(msg.to)
-            if found is None:
-                raise JalwaError(f"{msg.to} is offline", code=ErrorCode.CALLEE_OFFLINE)
-            receiver = found
-        if receiver.role is not Role.HOST or receiver.user_id == session.user_id:
-            raise JalwaError("gifts go from a caller to a host", code=ErrorCode.FORBIDDEN)
-        return receiver
-
-
 class HubBillingEvents:
-    """The billing loop's events, delivered to the payer's session on this node."""
+    """The billing loop's events, delivered to the payer wherever they are connected."""
 
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
+    def __init__(self, port: HubPort, calls: Calls) -> None:
+        self._port = port
+        self._calls = calls
 
     async def minute_charged(self, tick: Tick, *, low_balance: bool) -> None:
-        hub = self._hub
         tick_msg = BillingTick(
             call_id=tick.call_id, minute=tick.minute, charged=tick.charged, balance=tick.balance
         )
         messages: list[ServerMessage] = [tick_msg, WalletBalance(wallet=tick.balance)]
         if low_balance:
             messages.append(BillingLowBalance(call_id=tick.call_id, minutes_left=tick.minutes_left))
-        await hub.deliver_anywhere(tick.payer, *messages)
+        await self._port.deliver_anywhere(tick.payer, *messages)
 
     async def out_of_money(self, stop: Stop) -> None:
         # Any node's loop may bill the call; the call itself runs on its parties' node.
-        await self._hub.end_call_anywhere(
+        await self._calls.end_call_anywhere(
             stop.call_id, EndReason(stop.reason), stop.payer, stop.host
         )
 
     async def keep_calls_alive(self, ledger: Ledger) -> None:
         """Tell the ledger this node still runs its calls (see BillingSettings.orphan_after_s)."""
-        active = [c.call_id for c in self._hub.calls.active_calls() if c.answered_at is not None]
+        book = self._calls.book
+        active = [c.call_id for c in book.active_calls() if c.answered_at is not None]
         # Calls the ledger ended (out of money, found orphaned) that this node missed hearing
         # about (pub/sub is at-most-once; the payer may have been between connections).
         for call_id, reason in (await ledger.touch_calls(active)).items():
@@ -228,4 +164,4 @@ class HubBillingEvents:
                 end_reason = EndReason(reason)
             except ValueError:
                 end_reason = EndReason.INSUFFICIENT_BALANCE
-            await self._hub.end_call(call_id, end_reason)
+            await self._calls.end_call(call_id, end_reason)

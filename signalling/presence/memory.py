@@ -1,64 +1,12 @@
-"""Presence: who is online, on which node and session, with what status.
-
-``PresenceStore`` is the interface the hub uses; ``MemoryPresence`` is the embedded
-adapter and ``presence_redis.RedisPresence`` the real one. One contract suite
-(tests/contract/test_presence_contract.py) runs against both.
-
-Semantics both adapters keep:
-- a record is owned by (node, session); ``clear`` only removes the caller's own session's
-  record, so a replaced session's late cleanup cannot wipe the newer one;
-- a record is live while its TTL has not run out AND its node's liveness key exists:
-  a node that stops beating takes its users offline at once for readers, and
-  ``sweep`` removes what a dead node left behind;
-- ``available(role)`` lists live users whose status is available.
-"""
+"""The embedded presence store: one process, in memory, same semantics as Redis (store.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import replace
 
-from .clock import Clock
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceRecord:
-    user_id: str
-    status: str  # available | busy | away
-    role: str
-    name: str
-    node_id: str
-    session_id: str
-    lat: float | None = None
-    lon: float | None = None
-
-
-class PresenceStore(Protocol):
-    node_id: str
-
-    async def set(self, record: PresenceRecord) -> None:
-        """Create or replace the user's record (this node, this session)."""
-
-    async def clear(self, user_id: str, session_id: str) -> bool:
-        """Remove the record if it still belongs to ``session_id``; True if removed."""
-
-    async def get_many(self, user_ids: Iterable[str]) -> dict[str, PresenceRecord]:
-        """Live records of these users; offline users are absent."""
-
-    async def available(self, role: str, limit: int) -> list[str]:
-        """Up to ``limit`` live users with this role and status available."""
-
-    async def beat(self, user_ids: Iterable[str]) -> None:
-        """Mark this node alive and refresh the TTL of its users' records."""
-
-    async def sweep(self) -> list[str]:
-        """Remove records of nodes that stopped beating; returns the users removed."""
-
-    async def retire(self) -> None:
-        """Orderly exit: drop this node's liveness and all its records."""
-
-    async def close(self) -> None: ...
+from ..clock import Clock
+from .store import PresenceRecord
 
 
 class MemoryWorld:

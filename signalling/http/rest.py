@@ -18,21 +18,16 @@ from aiohttp import web
 
 from billing import receipts
 from billing.errors import BillingError
-from billing.ledger import Gift, Ledger, Withdrawal, WithdrawalState
-from billing.settings import BillingSettings
-from media.sfu import Sfu
+from billing.ledger import Gift, Withdrawal, WithdrawalState
 
-from .auth import Identity, Role, TokenVerifier
-from .chat import Cursor
-from .chat_service import CHAT, wire
-from .errors import AuthError, JalwaError
-from .hub import Hub
-from .protocol import EndReason
-from .ws import HUB, VERIFIER, bearer_token
+from ..auth import Identity, Role, TokenVerifier
+from ..chat.handlers import wire
+from ..chat.model import Cursor
+from ..errors import AuthError, JalwaError
+from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, SFU, VERIFIER
+from ..protocol import EndReason
+from ..ws import bearer_token
 
-LEDGER = web.AppKey("ledger", Ledger)
-SFU = web.AppKey("sfu", Sfu)
-BILLING_SETTINGS = web.AppKey("billing_settings", BillingSettings)
 SIGNATURE_HEADER = "X-Jalwa-Signature"
 MAX_PAGE = 200  # the same cap as chat.history over the WebSocket (docs/api.md)
 log = logging.getLogger(__name__)
@@ -348,8 +343,7 @@ def _decide(approve: bool) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
 @authed(Role.ADMIN)
 async def admin_end_call(request: web.Request, who: Identity) -> web.StreamResponse:
-    hub: Hub = request.app[HUB]
-    if not await hub.end_call(request.match_info["call_id"], EndReason.ADMIN):
+    if not await request.app[CALLS].end_call(request.match_info["call_id"], EndReason.ADMIN):
         return _error(404, "not_found", "no such call running on this node")
     return _json({"ended": request.match_info["call_id"]})
 

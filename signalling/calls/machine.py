@@ -1,6 +1,6 @@
 """The call lifecycle as a state machine with no I/O (docs/protocol.md §5).
 
-The hub feeds it user actions, disconnects and the passing of time; it answers with effects
+The calls wing feeds it user actions, disconnects and the passing of time; it answers with effects
 (frames to deliver, and Started / Ended for the billing hooks). Every state change goes
 through ``Call._transition``; an illegal one raises CallError naming the current state.
 """
@@ -14,15 +14,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .auth import Identity, Role
-from .errors import CallError
-from .protocol import (
+from ..auth import Identity, Role, user_info
+from ..errors import CallError
+from ..protocol import (
     CallIncoming,
     CallRinging,
     EndReason,
     ErrorCode,
     ServerMessage,
-    UserInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -44,10 +43,6 @@ _ALLOWED = {
 def payer_and_host(a: Identity, b: Identity) -> tuple[Identity, Identity]:
     """The party who pays is the one with role caller (a host may ring a caller back)."""
     return (a, b) if a.role is Role.CALLER else (b, a)
-
-
-def user_info(identity: Identity) -> UserInfo:
-    return UserInfo(id=identity.user_id, role=identity.role.value, name=identity.name)
 
 
 @dataclass(eq=False)
@@ -134,10 +129,13 @@ class CallBook:
         ring_timeout_s: float,
         peer_lost_grace_s: float,
         new_call_id: Callable[[], str] = _new_call_id,
+        on_new_deadline: Callable[[], None] = lambda: None,
     ) -> None:
         self._ring_timeout = ring_timeout_s
         self._grace = peer_lost_grace_s
         self._new_id = new_call_id
+        # Told when a timer becomes the earliest, so the timer task sleeps until it.
+        self._on_new_deadline = on_new_deadline
         self._calls: dict[str, Call] = {}
         self._by_user: dict[str, Call] = {}
         self._lost: dict[str, int] = {}  # user id -> token of the live "lost" timer
@@ -313,4 +311,6 @@ class CallBook:
     def _schedule(self, deadline: float, kind: str, key: str) -> int:
         self._seq += 1
         heapq.heappush(self._timers, _Timer(deadline, kind, key, self._seq))
+        if self._timers[0].token == self._seq:
+            self._on_new_deadline()
         return self._seq

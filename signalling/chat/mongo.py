@@ -32,7 +32,7 @@ from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .chat import (
+from .model import (
     DEFAULT_MAX_TEXT_CHARS,
     STATUS_RANK,
     STATUSES,
@@ -42,8 +42,10 @@ from .chat import (
     Conversation,
     Cursor,
     Message,
-    MessageIds,
     Status,
+)
+from .rules import (
+    MessageIds,
     block_key,
     check_client_msg_id,
     check_cursor,

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .presence import PresenceRecord
+from .store import PresenceRecord
 
 _SET = """
 local p, uid, node = ARGV[1], ARGV[2], ARGV[3]

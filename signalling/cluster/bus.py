@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol
+from typing import Protocol
 
 import msgspec
 from redis.asyncio import Redis
@@ -22,15 +22,41 @@ from redis.asyncio.client import PubSub
 log = logging.getLogger(__name__)
 
 
-class NodeMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    kind: Literal["frame", "close", "end_call", "presence"]
-    user_id: str = ""
-    frame: bytes = b""
-    session_id: str = ""
-    call_id: str = ""
-    reason: str = ""
-    status: str = ""
+class NodeMessage(msgspec.Struct, frozen=True, tag_field="kind", kw_only=True):
+    """Base of every message between nodes; ``origin`` is the sending node."""
+
     origin: str = ""
+
+
+class UserFrame(NodeMessage, frozen=True, tag="frame"):
+    """An encoded server frame for a user connected to the receiving node."""
+
+    user_id: str
+    frame: bytes
+
+
+class CloseSession(NodeMessage, frozen=True, tag="close"):
+    """The user connected elsewhere: close this older session of theirs (one per user)."""
+
+    user_id: str
+    session_id: str
+
+
+class EndCall(NodeMessage, frozen=True, tag="end_call"):
+    """End a call that runs on the receiving node (billing found it out of money, ...)."""
+
+    call_id: str
+    reason: str
+
+
+class PresenceNote(NodeMessage, frozen=True, tag="presence"):
+    """A user's shown status changed (broadcast, for watchers on every node)."""
+
+    user_id: str
+    status: str
+
+
+AnyNodeMessage = UserFrame | CloseSession | EndCall | PresenceNote
 
 
 Inbox = Callable[[NodeMessage], Awaitable[None]]
@@ -41,7 +67,8 @@ class Router(Protocol):
 
     async def to_node(self, node_id: str, message: NodeMessage) -> None: ...
 
-    async def broadcast_presence(self, user_id: str, status: str) -> None: ...
+    async def broadcast(self, message: NodeMessage) -> None:
+        """To every other node (they skip their own messages by ``origin``)."""
 
     async def close(self) -> None: ...
 
@@ -55,7 +82,7 @@ class LocalRouter:
     async def to_node(self, node_id: str, message: NodeMessage) -> None:
         return None
 
-    async def broadcast_presence(self, user_id: str, status: str) -> None:
+    async def broadcast(self, message: NodeMessage) -> None:
         return None
 
     async def close(self) -> None:
@@ -63,7 +90,7 @@ class LocalRouter:
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(NodeMessage)
+_decoder = msgspec.msgpack.Decoder(AnyNodeMessage)
 
 
 class RedisRouter:
@@ -73,14 +100,14 @@ class RedisRouter:
         self._redis = redis
         self._node_id = node_id
         self._own = f"{prefix}:bus:node:{node_id}"
-        self._presence = f"{prefix}:bus:presence"
+        self._shared = f"{prefix}:bus:all"
         self._prefix = prefix
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, inbox: Inbox) -> None:
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._own, self._presence)
+        await self._pubsub.subscribe(self._own, self._shared)
         self._task = asyncio.create_task(self._listen(self._pubsub, inbox))
 
     async def _listen(self, pubsub: PubSub, inbox: Inbox) -> None:
@@ -102,18 +129,19 @@ class RedisRouter:
                 log.warning("dropped a malformed node bus message")
                 continue
             if message.origin == self._node_id:
-                continue  # our own presence broadcast
+                continue  # our own broadcast
             try:
                 await inbox(message)
             except Exception:
-                log.exception("node bus message %s failed", message.kind)
+                log.exception("node bus message %s failed", type(message).__name__)
 
     async def to_node(self, node_id: str, message: NodeMessage) -> None:
-        await self._redis.publish(f"{self._prefix}:bus:node:{node_id}", _encoder.encode(message))
+        stamped = msgspec.structs.replace(message, origin=self._node_id)
+        await self._redis.publish(f"{self._prefix}:bus:node:{node_id}", _encoder.encode(stamped))
 
-    async def broadcast_presence(self, user_id: str, status: str) -> None:
-        message = NodeMessage("presence", user_id=user_id, status=status, origin=self._node_id)
-        await self._redis.publish(self._presence, _encoder.encode(message))
+    async def broadcast(self, message: NodeMessage) -> None:
+        stamped = msgspec.structs.replace(message, origin=self._node_id)
+        await self._redis.publish(self._shared, _encoder.encode(stamped))
 
     async def close(self) -> None:
         if self._task is not None:

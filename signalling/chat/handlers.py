@@ -1,6 +1,6 @@
 """Chat on the hub (docs/protocol.md §9): send, receipts, typing, history, blocks, and the
 backlog pushed on connect. Storage is a ChatStore (memory or MongoDB); delivery goes
-through the hub, so it reaches the receiver on whichever node they are connected to.
+through the hub port, so it reaches the receiver on whichever node they are connected to.
 """
 
 from __future__ import annotations
@@ -8,14 +8,11 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 
-from aiohttp import web
-
-from .auth import Identity
-from .chat import ChatBlocked, ChatStore, Cursor, Message
-from .clock import Clock
-from .errors import JalwaError
-from .hub import Hub, Outcome
-from .protocol import (
+from ..auth import Identity
+from ..clock import Clock
+from ..errors import JalwaError
+from ..port import DONE, HubPort, Outcome
+from ..protocol import (
     Ack,
     ChatBlock,
     ChatDelivered,
@@ -30,11 +27,11 @@ from .protocol import (
     ChatUnblock,
     ErrorCode,
 )
-from .ratelimit import TokenBucket
-from .session import Session
-from .settings import ChatSettings
-
-DONE: Outcome = (None, [])
+from ..ratelimit import TokenBucket
+from ..session import Session
+from ..settings import ChatSettings
+from .model import ChatBlocked, Cursor, Message
+from .store import ChatStore
 
 
 def wire(message: Message) -> ChatMessage:
@@ -51,16 +48,18 @@ def wire(message: Message) -> ChatMessage:
 
 
 class ChatService:
-    def __init__(self, store: ChatStore, hub: Hub, settings: ChatSettings, clock: Clock) -> None:
+    def __init__(
+        self, store: ChatStore, port: HubPort, settings: ChatSettings, clock: Clock
+    ) -> None:
         self.store = store
-        self._hub = hub
+        self._port = port
         self._settings = settings
         self._clock = clock
         # One bucket per session for chat.send, on top of the hub's per-frame limit.
         self._buckets: weakref.WeakKeyDictionary[Session, TokenBucket] = weakref.WeakKeyDictionary()
 
     def install(self) -> None:
-        hub = self._hub
+        hub = self._port
         hub.register(ChatSend, self._send)
         hub.register(ChatDelivered, self._delivered)
         hub.register(ChatRead, self._read)
@@ -69,7 +68,6 @@ class ChatService:
         hub.register(ChatBlock, self._block)
         hub.register(ChatUnblock, self._unblock)
         hub.on_connect(self._push_backlog)
-        hub.invite_guard(self._no_calls_when_blocked)
 
     async def _send(self, session: Session, msg: ChatSend) -> Outcome:
         bucket = self._buckets.get(session)
@@ -83,7 +81,7 @@ class ChatService:
         )
         out = wire(message)
         if created:
-            await self._hub.deliver_anywhere(msg.to, ChatMessageOut(message=out))
+            await self._port.deliver_anywhere(msg.to, ChatMessageOut(message=out))
         return (Ack(id=msg.id, message=out) if msg.id is not None else None), []
 
     async def _delivered(self, session: Session, msg: ChatDelivered) -> Outcome:
@@ -101,13 +99,13 @@ class ChatService:
             by_sender[message.sender].append(message.id)
         for sender, message_ids in by_sender.items():
             receipt = ChatReceipt(message_ids=message_ids, status=status, by=session.user_id)  # type: ignore[arg-type]
-            await self._hub.deliver_anywhere(sender, receipt)
+            await self._port.deliver_anywhere(sender, receipt)
 
     async def _typing(self, session: Session, msg: ChatTyping) -> Outcome:
         if await self.store.is_blocked(session.user_id, msg.to):
             raise ChatBlocked("you cannot message this user")
         typing = ChatTypingOut(sender=session.user_id, typing=msg.typing)
-        await self._hub.deliver_anywhere(msg.to, typing)
+        await self._port.deliver_anywhere(msg.to, typing)
         return DONE
 
     async def _history(self, session: Session, msg: ChatHistory) -> Outcome:
@@ -132,9 +130,7 @@ class ChatService:
         for message in await self.store.undelivered(session.user_id, self._settings.backlog_limit):
             session.send(ChatMessageOut(message=wire(message)))
 
-    async def _no_calls_when_blocked(self, caller: Identity, callee: Identity) -> None:
+    async def no_calls_when_blocked(self, caller: Identity, callee: Identity) -> None:
+        """An invite guard for the calls wing (app.py wires it): blocks hold for calls too."""
         if await self.store.is_blocked(caller.user_id, callee.user_id):
             raise JalwaError("one of you blocked the other", code=ErrorCode.BLOCKED)
-
-
-CHAT = web.AppKey("chat", ChatService)

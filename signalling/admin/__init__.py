@@ -1,0 +1,1 @@
+"""Admin stats, bans, metrics and health: the room issue 12 fills. Empty for now."""

@@ -1,0 +1,1 @@
+"""Many processes as one service: the node bus between hub processes (DESIGN §3)."""

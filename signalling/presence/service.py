@@ -1,0 +1,197 @@
+"""Presence on the hub (docs/protocol.md §4): publish each session's status, tell watchers
+here and on other nodes when it changes, and clear what a dead node left behind.
+
+A user's shown status is what they chose (``presence.update``) unless they are in a call:
+then it is ``busy``. The calls wing answers "is this user in a call?" through the
+``in_call`` callable ``app.py`` gives; the calls wing in turn calls ``refresh`` when a call
+starts or ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..cluster.bus import PresenceNote
+from ..errors import JalwaError
+from ..port import DONE, Departure, HubPort, Outcome
+from ..protocol import (
+    Ack,
+    ErrorCode,
+    PresenceChanged,
+    PresenceUnwatch,
+    PresenceUpdate,
+    PresenceWatch,
+    ShownStatus,
+    encode,
+)
+from ..session import Session
+from .store import PresenceRecord, PresenceStore
+
+
+class Presence:
+    def __init__(
+        self,
+        port: HubPort,
+        store: PresenceStore,
+        *,
+        watch_max: int,
+        in_call: Callable[[str], bool],
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._port = port
+        self.store = store
+        self._watch_max = watch_max
+        self._in_call = in_call
+        self._log = logger or logging.getLogger(__name__)
+        self._watchers: dict[str, set[Session]] = {}
+        self._shown: dict[str, ShownStatus] = {}  # last status announced per local user
+
+    def install(self) -> None:
+        port = self._port
+        port.register(PresenceUpdate, self._update)
+        port.register(PresenceWatch, self._watch)
+        port.register(PresenceUnwatch, self._unwatch)
+        port.on_join(self._joined)
+        port.on_leave(self._left)
+        port.on_node_message(PresenceNote, self._from_other_node)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def _joined(self, session: Session) -> None:
+        await self.publish(session)
+        current = self._port.session_of(session.user_id)
+        if current is not session and current is not None:
+            # A newer connect of this user overtook ours while we were publishing: its
+            # record must be the one that stays, or presence would name a closed session.
+            await self.publish(current)
+
+    async def _left(self, session: Session, how: Departure) -> None:
+        self._unwatch_all(session)
+        if how is Departure.REPLACED_HERE:
+            return  # the newer session owns the user's presence
+        uid = session.user_id
+        self._shown.pop(uid, None)
+        if how is not Departure.GONE:
+            return  # moved: the other node owns the record now; refused: none was written
+        cleared = False
+        try:
+            cleared = await self.store.clear(uid, session.session_id)
+        finally:
+            # A record that is not ours any more belongs to a newer session (maybe on another
+            # node): then the user is not offline.
+            if cleared or uid not in await self.store.get_many([uid]):
+                await self._announce(uid, "offline")
+
+    async def beat(self) -> None:
+        """Keep this node's presence alive and clear what dead nodes left behind."""
+        local = list(self._port.local_users())
+        await self.store.beat(local)
+        for uid in await self.store.sweep():
+            if self._port.session_of(uid) is None:
+                await self._announce(uid, "offline")
+
+    async def refresh(self, user_id: str) -> None:
+        """Publish the user's status again (a call started or ended); never raises."""
+        session = self._port.session_of(user_id)
+        if session is None:
+            return
+        try:
+            await self.publish(session)
+        except Exception:
+            # Presence catches up at the user's next update; the call must go on.
+            self._log.exception("presence update for %s failed", user_id)
+
+    # --- handlers (§4) ------------------------------------------------------------------
+
+    async def _update(self, session: Session, msg: PresenceUpdate) -> Outcome:
+        session.status = msg.status
+        if msg.location is not None:
+            session.location = (msg.location.lat, msg.location.lon)
+        await self.publish(session)
+        return DONE
+
+    async def _watch(self, session: Session, msg: PresenceWatch) -> Outcome:
+        wanted = set(msg.user_ids)
+        if len(session.watching | wanted) > self._watch_max:
+            raise JalwaError(
+                f"at most {self._watch_max} watched users", code=ErrorCode.TOO_MANY_WATCHES
+            )
+        for uid in wanted:
+            self._watchers.setdefault(uid, set()).add(session)
+        session.watching |= wanted
+        records = await self.store.get_many(wanted)
+        shown: dict[str, ShownStatus] = {
+            uid: _shown(records[uid].status) if uid in records else "offline" for uid in wanted
+        }
+        return (Ack(id=msg.id, presence=shown) if msg.id is not None else None), []
+
+    async def _unwatch(self, session: Session, msg: PresenceUnwatch) -> Outcome:
+        for uid in msg.user_ids:
+            if uid in session.watching:
+                session.watching.discard(uid)
+                self._drop_watcher(uid, session)
+        return DONE
+
+    # --- publishing and fan-out ---------------------------------------------------------
+
+    def shown_status(self, session: Session) -> ShownStatus:
+        return "busy" if self._in_call(session.user_id) else session.status
+
+    async def publish(self, session: Session) -> None:
+        status = self.shown_status(session)
+        ident = session.identity
+        lat, lon = session.location if session.location is not None else (None, None)
+        await self.store.set(
+            PresenceRecord(
+                user_id=ident.user_id,
+                status=status,
+                role=ident.role.value,
+                name=ident.name,
+                node_id=self.store.node_id,
+                session_id=session.session_id,
+                lat=lat,
+                lon=lon,
+            )
+        )
+        if self._shown.get(ident.user_id) != status:
+            self._shown[ident.user_id] = status
+            await self._announce(ident.user_id, status)
+
+    async def _announce(self, user_id: str, status: ShownStatus) -> None:
+        """Tell watchers here, and the other nodes for theirs."""
+        self._notify(user_id, status)
+        try:
+            await self._port.broadcast(PresenceNote(user_id=user_id, status=status))
+        except Exception:
+            self._log.exception("presence broadcast for %s failed", user_id)
+
+    async def _from_other_node(self, note: PresenceNote) -> None:
+        self._notify(note.user_id, _shown(note.status))
+
+    def _notify(self, user_id: str, status: ShownStatus) -> None:
+        watchers = self._watchers.get(user_id)
+        if watchers:
+            frame = encode(PresenceChanged(user_id=user_id, status=status))
+            for watcher in watchers:
+                watcher.send_frame(frame)
+
+    def _unwatch_all(self, session: Session) -> None:
+        for uid in session.watching:
+            self._drop_watcher(uid, session)
+        session.watching.clear()
+
+    def _drop_watcher(self, user_id: str, session: Session) -> None:
+        watchers = self._watchers.get(user_id)
+        if watchers is not None:
+            watchers.discard(session)
+            if not watchers:
+                del self._watchers[user_id]
+
+
+_SHOWN: dict[str, ShownStatus] = {"available": "available", "busy": "busy", "away": "away"}
+
+
+def _shown(status: str) -> ShownStatus:
+    """A status read from the store or the bus (written by a node, so one of these)."""
+    return _SHOWN.get(status, "offline")

@@ -1,6 +1,10 @@
 """Chat on the hub (docs/protocol.md §9): send, receipts, typing, history, blocks, and the
-backlog pushed on connect. Storage is a ChatStore (memory or MongoDB); delivery goes
-through the hub port, so it reaches the receiver on whichever node they are connected to.
+backlog pushed on connect; and the conversation listings the REST chat routes serve.
+
+Every request passes the chat rules (rules.py) here, once, before the store is asked; the
+store (memory or MongoDB) is given the typed values the rules return and only persists.
+Delivery goes through the hub port, so it reaches the receiver on whichever node they are
+connected to.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from ..protocol import (
 from ..ratelimit import TokenBucket
 from ..session import Session
 from ..settings import ChatSettings
-from .model import ChatBlocked, Cursor, Message
+from . import rules
+from .model import ChatBlocked, Conversation, Cursor, MarkStatus, Message, Page
 from .store import ChatStore
 
 
@@ -76,9 +81,10 @@ class ChatService:
             self._buckets[session] = bucket
         if not bucket.allow():
             raise JalwaError("too many messages; slow down", code=ErrorCode.RATE_LIMITED)
-        message, created = await self.store.send(
-            session.user_id, msg.to, msg.client_msg_id, msg.text
+        new = rules.new_message(
+            session.user_id, msg.to, msg.client_msg_id, msg.text, self._settings.max_text_chars
         )
+        message, created = await self.store.send(new)
         out = wire(message)
         if created:
             await self._port.deliver_anywhere(msg.to, ChatMessageOut(message=out))
@@ -92,45 +98,66 @@ class ChatService:
         await self._mark(session, msg.message_ids, "read")
         return DONE
 
-    async def _mark(self, session: Session, ids: list[str], status: str) -> None:
-        advanced = await self.store.mark(session.user_id, ids, status)
+    async def _mark(self, session: Session, ids: list[str], status: MarkStatus) -> None:
+        request = rules.mark_request(session.user_id, ids, status)
+        advanced = await self.store.mark(request)
         by_sender: dict[str, list[str]] = defaultdict(list)
         for message in advanced:
             by_sender[message.sender].append(message.id)
         for sender, message_ids in by_sender.items():
-            receipt = ChatReceipt(message_ids=message_ids, status=status, by=session.user_id)  # type: ignore[arg-type]
+            receipt = ChatReceipt(message_ids=message_ids, status=request.status, by=request.user)
             await self._port.deliver_anywhere(sender, receipt)
 
     async def _typing(self, session: Session, msg: ChatTyping) -> Outcome:
-        if await self.store.is_blocked(session.user_id, msg.to):
+        if await self.store.is_blocked(*rules.check_pair(session.user_id, msg.to)):
             raise ChatBlocked("you cannot message this user")
         typing = ChatTypingOut(sender=session.user_id, typing=msg.typing)
         await self._port.deliver_anywhere(msg.to, typing)
         return DONE
 
     async def _history(self, session: Session, msg: ChatHistory) -> Outcome:
-        before = Cursor.decode(msg.before) if msg.before is not None else None
-        page = await self.store.history(session.user_id, msg.conversation_id, before, msg.limit)
-        nxt = Cursor.of(page[-1]).encode() if len(page) == msg.limit else None
+        page = await self.history(session.user_id, msg.conversation_id, msg.before, msg.limit)
         if msg.id is None:
             return DONE
-        return Ack(id=msg.id, messages=[wire(m) for m in page], next_before=nxt), []
+        messages = [wire(m) for m in page.items]
+        return Ack(id=msg.id, messages=messages, next_before=page.next_before), []
+
+    async def history(
+        self, user: str, conversation_id: str, before: str | None, limit: int
+    ) -> Page[Message]:
+        """A page of a conversation the user takes part in (chat.history and REST)."""
+        cursor = rules.cursor(before)
+        limit = rules.check_limit(limit)
+        conversation = rules.readable_conversation(user, conversation_id)
+        page = await self.store.history(conversation, cursor, limit)
+        nxt = Cursor.of(page[-1]).encode() if len(page) == limit else None
+        return Page(page, nxt)
+
+    async def conversations(self, user: str, before: str | None, limit: int) -> Page[Conversation]:
+        """The user's conversations, newest activity first (REST)."""
+        cursor = rules.cursor(before)
+        user, limit = rules.check_user(user), rules.check_limit(limit)
+        convs = await self.store.conversations(user, cursor, limit)
+        nxt = Cursor.of_conversation(convs[-1]).encode() if len(convs) == limit else None
+        return Page(convs, nxt)
 
     async def _block(self, session: Session, msg: ChatBlock) -> Outcome:
-        await self.store.block(session.user_id, msg.user_id)
+        await self.store.block(*rules.check_pair(session.user_id, msg.user_id))
         return DONE
 
     async def _unblock(self, session: Session, msg: ChatUnblock) -> Outcome:
-        await self.store.unblock(session.user_id, msg.user_id)
+        await self.store.unblock(*rules.check_pair(session.user_id, msg.user_id))
         return DONE
 
     async def _push_backlog(self, session: Session) -> None:
         """What arrived while the user was away, oldest first; the client acknowledges
         with chat.delivered, and anything it does not acknowledge comes again next time."""
-        for message in await self.store.undelivered(session.user_id, self._settings.backlog_limit):
+        user = rules.check_user(session.user_id)
+        limit = rules.check_limit(self._settings.backlog_limit)
+        for message in await self.store.undelivered(user, limit):
             session.send(ChatMessageOut(message=wire(message)))
 
     async def no_calls_when_blocked(self, caller: Identity, callee: Identity) -> None:
         """An invite guard for the calls wing (app.py wires it): blocks hold for calls too."""
-        if await self.store.is_blocked(caller.user_id, callee.user_id):
+        if await self.store.is_blocked(*rules.check_pair(caller.user_id, callee.user_id)):
             raise JalwaError("one of you blocked the other", code=ErrorCode.BLOCKED)

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .ids import MessageIds, participants, stored_message
 from .model import (
     DEFAULT_MAX_TEXT_CHARS,
     STATUS_RANK,
     ChatBlocked,
-    ChatForbidden,
     Conversation,
     Cursor,
+    MarkRequest,
     Message,
-)
-from .rules import (
-    MessageIds,
-    check_client_msg_id,
-    check_cursor,
-    check_limit,
-    check_mark,
-    check_pair,
-    check_user,
-    new_message,
-    participants_of,
-    validate_text,
+    NewMessage,
 )
 
 
@@ -43,14 +33,17 @@ class _ConversationState:
 class MemoryChat:
     """Everything in this object's dicts: one process, gone on restart.
 
-    No method awaits between reading and writing its state, so each call is atomic.
+    No method awaits between reading and writing its state, so each call is atomic. Inputs
+    are trusted (store.py): the handlers ran the chat rules on them.
+
+    ``max_text_chars`` is accepted and unused: the text limit is a rule the handlers apply
+    (``ChatSettings.max_text_chars``); app.py still passes it.
     """
 
     def __init__(
         self, now: Callable[[], float], *, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     ) -> None:
         self._now = now
-        self._max_text = max_text_chars
         self._ids = MessageIds()
         self._messages: dict[str, Message] = {}
         self._by_client: dict[tuple[str, str], str] = {}
@@ -59,37 +52,31 @@ class MemoryChat:
         self._pending: dict[str, set[str]] = {}  # receiver -> ids still 'sent'
         self._blocks: set[tuple[str, str]] = set()
 
-    async def send(
-        self, sender: str, receiver: str, client_msg_id: str, text: str
-    ) -> tuple[Message, bool]:
-        text = validate_text(text, self._max_text)
-        sender, receiver = check_pair(sender, receiver)
-        client_msg_id = check_client_msg_id(client_msg_id)
-        existing = self._by_client.get((sender, client_msg_id))
+    async def send(self, message: NewMessage) -> tuple[Message, bool]:
+        existing = self._by_client.get((message.sender, message.client_msg_id))
         if existing is not None:
             return self._messages[existing], False
-        if self._blocked(sender, receiver):
+        if self._blocked(message.sender, message.receiver):
             raise ChatBlocked("you cannot message this user")
-        msg = new_message(self._ids, sender, receiver, client_msg_id, text, self._now())
+        msg = stored_message(self._ids, message, self._now())
         cid = msg.conversation_id
         self._messages[msg.id] = msg
-        self._by_client[(sender, client_msg_id)] = msg.id
-        self._pending.setdefault(receiver, set()).add(msg.id)
+        self._by_client[(msg.sender, msg.client_msg_id)] = msg.id
+        self._pending.setdefault(msg.receiver, set()).add(msg.id)
         conv = self._conversations.get(cid)
         if conv is None:
-            lo, hi = participants_of(cid)
+            lo, hi = participants(msg.sender, msg.receiver)
             conv = self._conversations[cid] = _ConversationState((lo, hi), unread={lo: 0, hi: 0})
             self._by_user.setdefault(lo, set()).add(cid)
             self._by_user.setdefault(hi, set()).add(cid)
         bisect.insort(conv.keys, _key(msg))
-        conv.unread[receiver] += 1
+        conv.unread[msg.receiver] += 1
         return msg, True
 
-    async def mark(self, user: str, message_ids: Sequence[str], status: str) -> list[Message]:
-        user = check_user(user)
-        ids, target = check_mark(message_ids, status)
+    async def mark(self, request: MarkRequest) -> list[Message]:
+        user, target = request.user, request.status
         advanced = []
-        for mid in ids:
+        for mid in request.message_ids:
             msg = self._messages.get(mid)
             if msg is None or msg.receiver != user:
                 continue
@@ -106,11 +93,8 @@ class MemoryChat:
         return advanced
 
     async def history(
-        self, user: str, conversation_id: str, before: Cursor | None, limit: int
+        self, conversation_id: str, before: Cursor | None, limit: int
     ) -> list[Message]:
-        user, limit, before = check_user(user), check_limit(limit), check_cursor(before)
-        if user not in participants_of(conversation_id):
-            raise ChatForbidden("you are not a participant of this conversation")
         conv = self._conversations.get(conversation_id)
         if conv is None:
             return []
@@ -121,7 +105,6 @@ class MemoryChat:
     async def conversations(
         self, user: str, before: Cursor | None, limit: int
     ) -> list[Conversation]:
-        user, limit, before = check_user(user), check_limit(limit), check_cursor(before)
         entries = []
         for cid in self._by_user.get(user, ()):
             state = self._conversations[cid]
@@ -137,18 +120,16 @@ class MemoryChat:
         return Conversation(cid, state.participants, last, dict(state.unread))
 
     async def undelivered(self, user: str, limit: int) -> list[Message]:
-        user, limit = check_user(user), check_limit(limit)
         pending = (self._messages[mid] for mid in self._pending.get(user, ()))
         return sorted(pending, key=_key)[:limit]
 
     async def block(self, user: str, other: str) -> None:
-        self._blocks.add(check_pair(user, other))
+        self._blocks.add((user, other))
 
     async def unblock(self, user: str, other: str) -> None:
-        self._blocks.discard(check_pair(user, other))
+        self._blocks.discard((user, other))
 
     async def is_blocked(self, a: str, b: str) -> bool:
-        a, b = check_pair(a, b)
         return self._blocked(a, b)
 
     def _blocked(self, a: str, b: str) -> bool:

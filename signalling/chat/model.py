@@ -1,19 +1,22 @@
-"""Chat values: messages, conversations, paging cursors, statuses, and the chat errors.
+"""Chat values: messages, conversations, paging cursors, statuses, the requests a store is
+given, and the chat errors.
 
-The semantics every store keeps are in store.py; the checks and ids in rules.py.
+The semantics every store keeps are in store.py; the checks that make the requests in
+rules.py; the ids in ids.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 from ..errors import JalwaError
 
 Status = Literal["sent", "delivered", "read"]
 STATUSES: Final[tuple[Status, ...]] = ("sent", "delivered", "read")
 STATUS_RANK: Final[dict[str, int]] = {s: i for i, s in enumerate(STATUSES)}
+MarkStatus = Literal["delivered", "read"]  # what a receipt may move a message to
 
 DEFAULT_MAX_TEXT_CHARS: Final = 4000
 MAX_PAGE: Final = 200  # largest `limit` of history / conversations / undelivered
@@ -93,6 +96,39 @@ class Conversation:
     participants: tuple[str, str]  # sorted
     last_message: Message | None
     unread: dict[str, int] = field(default_factory=dict)  # both participants, >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store, as ``rules.new_message`` accepted it: ``sender`` and ``receiver``
+    are different user ids, ``client_msg_id`` is 1-64 characters, ``text`` is valid."""
+
+    sender: str
+    receiver: str
+    client_msg_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRequest:
+    """``user`` moves messages addressed to them to ``status``, as ``rules.mark_request``
+    accepted it: at most ``MAX_MARK_IDS`` ids, each once, in the order the client gave."""
+
+    user: str
+    message_ids: tuple[str, ...]
+    status: MarkStatus
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """A page of a newest-first listing; ``next_before`` (an encoded ``Cursor``) asks for
+    the next one, None when this page was not full."""
+
+    items: list[T]
+    next_before: str | None
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -11,7 +11,8 @@ Collections (in the given database):
 
 Kept within what both MongoDB and the mongoeco wire server used in tests honour: single-
 document atomic updates only (no multi-document transactions, no change streams), explicit
-index names, and every value read back checked in code.
+index names, and every value read back checked in code. Values given in are trusted
+(store.py): the handlers ran the chat rules on them.
 
 Crash safety without transactions: a message is inserted first (the unique index on
 ``(sender, client_msg_id)`` makes the insert the point of no return), then its effect on the
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -32,30 +33,19 @@ from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from .ids import MessageIds, block_key, conversation_id, participants, stored_message
 from .model import (
     DEFAULT_MAX_TEXT_CHARS,
     STATUS_RANK,
     STATUSES,
     ChatBlocked,
-    ChatForbidden,
     ChatUnavailable,
     Conversation,
     Cursor,
+    MarkRequest,
     Message,
+    NewMessage,
     Status,
-)
-from .rules import (
-    MessageIds,
-    block_key,
-    check_client_msg_id,
-    check_cursor,
-    check_limit,
-    check_mark,
-    check_pair,
-    check_user,
-    new_message,
-    participants_of,
-    validate_text,
 )
 
 Doc = dict[str, Any]
@@ -88,7 +78,11 @@ _ID_RETRIES: Final = 3
 
 
 class MongoChat:
-    """The chat store on MongoDB. The client is owned by the caller; ``close`` does nothing."""
+    """The chat store on MongoDB. The client is owned by the caller; ``close`` does nothing.
+
+    ``max_text_chars`` is accepted and unused: the text limit is a rule the handlers apply
+    (``ChatSettings.max_text_chars``); app.py still passes it.
+    """
 
     def __init__(
         self,
@@ -103,7 +97,6 @@ class MongoChat:
         self._conversations: AsyncCollection[Doc] = db["conversations"]
         self._blocks: AsyncCollection[Doc] = db["blocks"]
         self._now = now
-        self._max_text = max_text_chars
         self._ids = MessageIds()
         self._indexed = False
         self._index_lock = asyncio.Lock()
@@ -118,12 +111,8 @@ class MongoChat:
                     await coll.create_index(list(keys), name=name, unique=unique)
             self._indexed = True
 
-    async def send(
-        self, sender: str, receiver: str, client_msg_id: str, text: str
-    ) -> tuple[Message, bool]:
-        text = validate_text(text, self._max_text)
-        sender, receiver = check_pair(sender, receiver)
-        client_msg_id = check_client_msg_id(client_msg_id)
+    async def send(self, message: NewMessage) -> tuple[Message, bool]:
+        sender, receiver, client_msg_id = message.sender, message.receiver, message.client_msg_id
         if not self._indexed:
             await self.ensure_indexes()
         async with _errors():
@@ -135,7 +124,7 @@ class MongoChat:
                 raise ChatBlocked("you cannot message this user")
             created_at = self._now()
             for _ in range(_ID_RETRIES):
-                msg = new_message(self._ids, sender, receiver, client_msg_id, text, created_at)
+                msg = stored_message(self._ids, message, created_at)
                 try:
                     await self._messages.insert_one({**_message_doc(msg), "applied": False})
                 except DuplicateKeyError as exc:
@@ -161,12 +150,12 @@ class MongoChat:
         )
         if claimed is None:
             return
-        participants = participants_of(msg.conversation_id)
-        receiver_slot = participants.index(msg.receiver)
+        pair = participants(msg.sender, msg.receiver)
+        receiver_slot = pair.index(msg.receiver)
         await self._conversations.update_one(
             {"_id": msg.conversation_id},
             {
-                "$setOnInsert": {"participants": list(participants)},
+                "$setOnInsert": {"participants": list(pair)},
                 "$inc": {f"unread_{receiver_slot}": 1, f"unread_{1 - receiver_slot}": 0},
             },
             upsert=True,
@@ -185,14 +174,13 @@ class MongoChat:
             {"$set": {"last_at": msg.created_at, "last_id": msg.id}},
         )
 
-    async def mark(self, user: str, message_ids: Sequence[str], status: str) -> list[Message]:
-        user = check_user(user)
-        ids, target = check_mark(message_ids, status)
+    async def mark(self, request: MarkRequest) -> list[Message]:
+        user, target = request.user, request.status
         earlier = [s for s in STATUSES if STATUS_RANK[s] < STATUS_RANK[target]]
         advanced: list[Message] = []
-        read_in: Counter[str] = Counter()
+        read_in: Counter[tuple[str, int]] = Counter()  # (conversation, user's slot) -> count
         async with _errors():
-            for mid in ids:
+            for mid in request.message_ids:
                 # One atomic conditional update per message: exactly one caller advances a
                 # message to a given status, so receipts and unread counts stay exact.
                 before = await self._messages.find_one_and_update(
@@ -205,9 +193,9 @@ class MongoChat:
                 msg = _message({**before, "status": target})
                 advanced.append(msg)
                 if target == "read":
-                    read_in[msg.conversation_id] += 1
-            for cid, count in read_in.items():
-                slot = participants_of(cid).index(user)
+                    slot = participants(msg.sender, msg.receiver).index(user)
+                    read_in[msg.conversation_id, slot] += 1
+            for (cid, slot), count in read_in.items():
                 unread = f"unread_{slot}"
                 await self._conversations.update_one({"_id": cid}, {"$inc": {unread: -count}})
                 await self._conversations.update_one(
@@ -216,11 +204,8 @@ class MongoChat:
         return advanced
 
     async def history(
-        self, user: str, conversation_id: str, before: Cursor | None, limit: int
+        self, conversation_id: str, before: Cursor | None, limit: int
     ) -> list[Message]:
-        user, limit, before = check_user(user), check_limit(limit), check_cursor(before)
-        if user not in participants_of(conversation_id):
-            raise ChatForbidden("you are not a participant of this conversation")
         query: Doc = {"conversation_id": conversation_id}
         if before is not None:
             query["$or"] = _older_than(before, "created_at")
@@ -231,7 +216,6 @@ class MongoChat:
     async def conversations(
         self, user: str, before: Cursor | None, limit: int
     ) -> list[Conversation]:
-        user, limit, before = check_user(user), check_limit(limit), check_cursor(before)
         query: Doc = {"participants": user, "last_at": {"$exists": True}}
         if before is not None:
             query["$or"] = _older_than(before, "last_at")
@@ -246,14 +230,12 @@ class MongoChat:
         return [_conversation(doc, lasts.get(_str(doc, "last_id"))) for doc in docs]
 
     async def undelivered(self, user: str, limit: int) -> list[Message]:
-        user, limit = check_user(user), check_limit(limit)
         async with _errors():
             found = self._messages.find({"receiver": user, "status": "sent"})
             found = found.sort([("created_at", 1), ("_id", 1)]).limit(limit)
             return [_message(doc) async for doc in found]
 
     async def block(self, user: str, other: str) -> None:
-        user, other = check_pair(user, other)
         async with _errors():
             await self._blocks.update_one(
                 {"_id": block_key(user, other)},
@@ -262,12 +244,10 @@ class MongoChat:
             )
 
     async def unblock(self, user: str, other: str) -> None:
-        user, other = check_pair(user, other)
         async with _errors():
             await self._blocks.delete_one({"_id": block_key(user, other)})
 
     async def is_blocked(self, a: str, b: str) -> bool:
-        a, b = check_pair(a, b)
         async with _errors():
             return await self._blocked(a, b)
 
@@ -367,8 +347,15 @@ def _message(doc: Mapping[str, Any]) -> Message:
 
 def _conversation(doc: Mapping[str, Any], last: Message | None) -> Conversation:
     cid = _str(doc, "_id")
-    lo, hi = participants_of(cid)
-    if doc.get("participants") != [lo, hi]:
+    pair = doc.get("participants")
+    if not (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(user, str) for user in pair)
+        and pair[0] < pair[1]
+        and conversation_id(pair[0], pair[1]) == cid
+    ):
         raise ChatUnavailable(f"malformed chat document: participants of {cid}")
+    lo, hi = pair
     unread = {lo: max(0, _int(doc, "unread_0")), hi: max(0, _int(doc, "unread_1"))}
     return Conversation(cid, (lo, hi), last, unread)

@@ -1,26 +1,32 @@
-"""Chat rules both stores share: input checks, conversation ids, message ids."""
+"""The chat rules: every check a chat request passes before a store is asked.
+
+The handlers (handlers.ChatService, for the WebSocket and the REST chat routes) run them
+once and hand the store the typed values they return (``NewMessage``, ``MarkRequest``, a
+``Cursor``, a conversation the reader belongs to); the stores trust those and only persist.
+What only a store can know (a block, a message's status, an earlier send with the same
+``client_msg_id``) is decided by the store.
+"""
 
 from __future__ import annotations
 
-import re
-import secrets
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from . import ids
+from .ids import participants_of
 from .model import (
     MAX_CLIENT_MSG_ID_CHARS,
     MAX_MARK_IDS,
     MAX_PAGE,
     MAX_USER_ID_CHARS,
+    ChatForbidden,
     ChatInvalid,
     ChatInvalidText,
-    ChatNotFound,
     Cursor,
-    Message,
-    Status,
+    MarkRequest,
+    MarkStatus,
+    NewMessage,
 )
-
-# --- checks -------------------------------------------------------------------------------
 
 
 def validate_text(text: object, max_chars: int) -> str:
@@ -78,18 +84,40 @@ def check_limit(value: object) -> int:
     return value
 
 
-def check_cursor(value: object) -> Cursor | None:
-    if value is None:
-        return None
-    if not isinstance(value, Cursor):
-        raise ChatInvalid("before must be a Cursor or None")
-    return value
+def cursor(before: object) -> Cursor | None:
+    """The cursor a client sent back (``Cursor.encode`` of a previous page), or None."""
+    return None if before is None else Cursor.decode(before)
 
 
-def check_mark(message_ids: object, status: object) -> tuple[list[str], Status]:
-    """Deduplicated ids (first occurrence order) and the target status."""
-    if status not in ("delivered", "read"):
-        raise ChatInvalid("status must be 'delivered' or 'read'")
+def check_pair(sender: object, receiver: object) -> tuple[str, str]:
+    """Two different user ids (a message, a block, a typing notice, a call)."""
+    a, b = check_user(sender, "sender"), check_user(receiver, "receiver")
+    if a == b:
+        raise ChatInvalid("cannot message yourself")
+    return a, b
+
+
+def new_message(
+    sender: object, receiver: object, client_msg_id: object, text: object, max_chars: int
+) -> NewMessage:
+    """What ``chat.send`` asks to store; the text is checked first."""
+    text = validate_text(text, max_chars)
+    sender, receiver = check_pair(sender, receiver)
+    return NewMessage(sender, receiver, check_client_msg_id(client_msg_id), text)
+
+
+def _mark_status(status: object) -> MarkStatus:
+    if status == "delivered":
+        return "delivered"
+    if status == "read":
+        return "read"
+    raise ChatInvalid("status must be 'delivered' or 'read'")
+
+
+def mark_request(user: object, message_ids: object, status: object) -> MarkRequest:
+    """A receipt: the ids deduplicated (first occurrence order) and the target status."""
+    user = check_user(user)
+    target = _mark_status(status)
     if isinstance(message_ids, str) or not isinstance(message_ids, Sequence):
         raise ChatInvalid("message_ids must be a list of strings")
     if len(message_ids) > MAX_MARK_IDS:
@@ -99,100 +127,14 @@ def check_mark(message_ids: object, status: object) -> tuple[list[str], Status]:
         if not isinstance(mid, str) or not mid or len(mid) > 64:
             raise ChatInvalid("message_ids must be non-empty strings")
         ids[mid] = None
-    return list(ids), status
+    return MarkRequest(user, tuple(ids), target)
 
 
-def check_pair(sender: object, receiver: object) -> tuple[str, str]:
-    a, b = check_user(sender, "sender"), check_user(receiver, "receiver")
-    if a == b:
-        raise ChatInvalid("cannot message yourself")
-    return a, b
-
-
-# --- conversation ids ---------------------------------------------------------------------
-
-_UNESCAPE = re.compile(r"%(25|3A)")
-
-
-def _escape(user: str) -> str:
-    return user.replace("%", "%25").replace(":", "%3A")
-
-
-def _unescape(part: str) -> str:
-    return _UNESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ":", part)
-
-
-def conversation_id(a: str, b: str) -> str:
-    """The id of the 1:1 conversation between two different users (order irrelevant)."""
-    lo, hi = sorted((a, b))
-    return f"dm:{_escape(lo)}:{_escape(hi)}"
-
-
-def participants_of(conv_id: object) -> tuple[str, str]:
-    """The two (sorted) users of a conversation id; ``ChatNotFound`` if malformed."""
-    if isinstance(conv_id, str) and conv_id.startswith("dm:"):
-        parts = conv_id[3:].split(":")
-        if len(parts) == 2:
-            lo, hi = _unescape(parts[0]), _unescape(parts[1])
-            if lo and hi and lo < hi and conversation_id(lo, hi) == conv_id:
-                return lo, hi
-    raise ChatNotFound("no such conversation")
-
-
-def block_key(blocker: str, blocked: str) -> str:
-    return f"{_escape(blocker)}:{_escape(blocked)}"
-
-
-# --- message ids --------------------------------------------------------------------------
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_RANDOM_BITS = 80
-
-
-def _base32(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        value, digit = divmod(value, 32)
-        out.append(_CROCKFORD[digit])
-    return "".join(reversed(out))
-
-
-class MessageIds:
-    """ULID-like ids: 10 chars of millisecond time + 16 chars of randomness.
-
-    Within one object ids strictly increase even if the clock stands still or goes back
-    (the random part is incremented, as in monotonic ULIDs); across processes the 80
-    random bits make collisions practically impossible (and the store retries one anyway).
-    """
-
-    def __init__(self, randbits: Callable[[int], int] = secrets.randbits) -> None:
-        self._randbits = randbits
-        self._last_ms = -1
-        self._last_rand = 0
-
-    def next(self, when: float) -> str:
-        ms = max(0, int(when * 1000))
-        if ms <= self._last_ms:
-            ms, rand = self._last_ms, self._last_rand + 1
-            if rand >> _RANDOM_BITS:  # the random part overflowed: borrow the next ms
-                ms, rand = ms + 1, self._randbits(_RANDOM_BITS - 1)
-        else:
-            rand = self._randbits(_RANDOM_BITS - 1)  # headroom so increments do not overflow
-        self._last_ms, self._last_rand = ms, rand
-        return _base32(ms, 10) + _base32(rand, 16)
-
-
-def new_message(
-    ids: MessageIds, sender: str, receiver: str, client_msg_id: str, text: str, created_at: float
-) -> Message:
-    """A message as every store creates it: a fresh id, status sent."""
-    return Message(
-        id=ids.next(created_at),
-        conversation_id=conversation_id(sender, receiver),
-        sender=sender,
-        receiver=receiver,
-        client_msg_id=client_msg_id,
-        text=text,
-        created_at=created_at,
-        status="sent",
-    )
+def readable_conversation(user: object, conversation_id: object) -> str:
+    """The conversation id if ``user`` may read it: ``ChatNotFound`` for a malformed (or
+    not canonical) id, ``ChatForbidden`` if the user is not one of its two participants."""
+    user = check_user(user)
+    pair = participants_of(conversation_id)
+    if user not in pair:
+        raise ChatForbidden("you are not a participant of this conversation")
+    return ids.conversation_id(*pair)  # the same id: participants_of accepts only canonical

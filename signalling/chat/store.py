@@ -4,6 +4,14 @@
 adapter and ``mongo.MongoChat`` the real one. One contract suite (tests/contract/
 test_chat_contract.py) runs against both.
 
+**A store trusts its inputs.** Every request reaches it through the chat rules (rules.py),
+which the handlers (handlers.ChatService, behind the WebSocket and the REST chat routes) run
+once: text, user ids, ``client_msg_id``, receipt status and ids, limits, cursors, "not to
+yourself" and "only participants read a conversation" are checked there, and the store is
+given the typed values that came out (``NewMessage``, ``MarkRequest``, ``Cursor``, a
+conversation id the reader belongs to). A store does not check them again; it decides only
+what needs its data: idempotency, a block, a message's current status.
+
 Semantics both adapters keep:
 
 - **Ids.** A message id is a 26-character ULID-like string (48-bit millisecond time from the
@@ -11,56 +19,49 @@ Semantics both adapters keep:
   when the clock stands still), so ids sort in creation order and do not collide across
   processes. Messages are ordered by ``(created_at, id)``; that pair is the paging ``Cursor``.
 - **Conversations** are 1:1 and their id is derived from the two user ids
-  (``conversation_id``): ``dm:<a>:<b>`` with ``a < b`` and ``%``/``:`` inside an id escaped
-  as ``%25``/``%3A``, so the id is canonical and maps back to exactly one pair.
+  (``ids.conversation_id``): ``dm:<a>:<b>`` with ``a < b`` and ``%``/``:`` inside an id
+  escaped as ``%25``/``%3A``, so the id is canonical and maps back to exactly one pair.
 - **send** is idempotent per ``(sender, client_msg_id)``: a retry returns the original
   message unchanged with ``created=False`` (even if its text or receiver differ, and even if
-  a block was placed since: the retry is the same request, which already succeeded). The
-  text is checked by ``validate_text`` first; a new message needs sender != receiver and no
-  block in either direction.
+  a block was placed since: the retry is the same request, which already succeeded). A new
+  message needs no block in either direction (``ChatBlocked``).
 - **mark** moves status forward only (sent -> delivered -> read; a read message never goes
   back to delivered). Only the receiver marks: ids that are unknown, not addressed to the
   user, or already at/after the status are **ignored** (not an error), so a stale or foreign
   id neither fails a whole receipt batch nor reveals whether a message exists. It returns the
-  messages whose status advanced, in the order their ids were given (duplicates once);
-  the hub sends receipts to their senders.
+  messages whose status advanced, in the order their ids were given; the hub sends receipts
+  to their senders.
 - **unread** per participant counts the messages to them not yet read: +1 on send, minus the
   number of their messages that reached ``read`` in a ``mark`` (never below 0).
-- **history** is newest first, strictly older than ``before``; only participants may read a
-  conversation (``ChatForbidden``); a malformed id is ``ChatNotFound``; a well-formed id with
-  no messages is an empty page. **conversations** is newest activity (last message) first,
+- **history** is newest first, strictly older than ``before``; a conversation with no
+  messages is an empty page. **conversations** is newest activity (last message) first,
   the cursor being (last message's created_at, conversation id). **undelivered** lists
   messages to the user still ``sent``, oldest first; the hub marks them delivered once the
   client confirms, so the next call returns the rest.
 - **Blocks** are directed (``block(user, other)`` / ``unblock(user, other)`` only touch the
   user's own block); ``is_blocked(a, b)`` is true if either blocked the other.
+
+Limits are ``1 <= limit <= MAX_PAGE``; a store failure is ``ChatUnavailable``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
-from .model import (
-    Conversation,
-    Cursor,
-    Message,
-)
+from .model import Conversation, Cursor, MarkRequest, Message, NewMessage
 
 
 class ChatStore(Protocol):
-    async def send(
-        self, sender: str, receiver: str, client_msg_id: str, text: str
-    ) -> tuple[Message, bool]:
+    async def send(self, message: NewMessage) -> tuple[Message, bool]:
         """Store a message; (message, True) if created now, (original, False) for a retry."""
 
-    async def mark(self, user: str, message_ids: Sequence[str], status: str) -> list[Message]:
-        """Advance the user's received messages to ``status``; returns those that advanced."""
+    async def mark(self, request: MarkRequest) -> list[Message]:
+        """Advance the user's received messages to the status; returns those that advanced."""
 
     async def history(
-        self, user: str, conversation_id: str, before: Cursor | None, limit: int
+        self, conversation_id: str, before: Cursor | None, limit: int
     ) -> list[Message]:
-        """Up to ``limit`` messages older than ``before``, newest first."""
+        """Up to ``limit`` messages of the conversation older than ``before``, newest first."""
 
     async def conversations(
         self, user: str, before: Cursor | None, limit: int

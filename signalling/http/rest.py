@@ -22,7 +22,6 @@ from billing.ledger import Gift, Withdrawal, WithdrawalState
 
 from ..auth import Identity, Role, TokenVerifier
 from ..chat.handlers import wire
-from ..chat.model import Cursor
 from ..errors import AuthError, JalwaError
 from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, SFU, VERIFIER
 from ..protocol import EndReason
@@ -257,15 +256,10 @@ async def get_withdrawals(request: web.Request, who: Identity) -> web.StreamResp
 # --- chat -------------------------------------------------------------------------------
 
 
-def _cursor(request: web.Request) -> Cursor | None:
-    raw = request.query.get("before")
-    return Cursor.decode(raw) if raw is not None else None
-
-
 @authed()
 async def get_conversations(request: web.Request, who: Identity) -> web.StreamResponse:
     limit = _page_limit(request)
-    convs = await request.app[CHAT].store.conversations(who.user_id, _cursor(request), limit)
+    page = await request.app[CHAT].conversations(who.user_id, request.query.get("before"), limit)
     items = [
         {
             "id": c.id,
@@ -273,19 +267,17 @@ async def get_conversations(request: web.Request, who: Identity) -> web.StreamRe
             "last_message": wire(c.last_message) if c.last_message is not None else None,
             "unread": c.unread.get(who.user_id, 0),
         }
-        for c in convs
+        for c in page.items
     ]
-    nxt = Cursor.of_conversation(convs[-1]).encode() if len(convs) == limit else None
-    return _json({"conversations": items, "next_before": nxt})
+    return _json({"conversations": items, "next_before": page.next_before})
 
 
 @authed()
 async def get_messages(request: web.Request, who: Identity) -> web.StreamResponse:
     limit = _page_limit(request)
     conv = request.match_info["conversation_id"]
-    page = await request.app[CHAT].store.history(who.user_id, conv, _cursor(request), limit)
-    nxt = Cursor.of(page[-1]).encode() if len(page) == limit else None
-    return _json({"messages": [wire(m) for m in page], "next_before": nxt})
+    page = await request.app[CHAT].history(who.user_id, conv, request.query.get("before"), limit)
+    return _json({"messages": [wire(m) for m in page.items], "next_before": page.next_before})
 
 
 # --- admin endpoints --------------------------------------------------------------------

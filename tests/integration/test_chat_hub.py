@@ -99,6 +99,14 @@ async def test_send_deliver_read_receipts(
         }
     )
     assert (await recv(alice, "error"))["code"] == "chat_invalid_text"
+    # The rules refused it before the store was asked: a corrected retry is a new message.
+    fixed = await send(alice, "bob", "m2", "no bell")
+    assert fixed["id"] != sent["id"] and fixed["text"] == "no bell"
+    assert (await recv(bob, "chat.message"))["message"]["id"] == fixed["id"]
+    await alice.send_json(
+        {"type": "chat.send", "id": "me", "to": "alice", "client_msg_id": "m3", "text": "hi"}
+    )
+    assert (await recv(alice, "error"))["code"] == "chat_invalid"
 
 
 async def test_offline_receiver_gets_backlog_in_order_once(

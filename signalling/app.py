@@ -140,16 +140,15 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 async def _chat_context(app: web.Application) -> AsyncIterator[None]:
     """The chat store: MongoDB when JALWA_MONGO_URL is set, else in memory."""
     settings, clock = app[SETTINGS], app[CLOCK]
-    limit = settings.chat.max_text_chars
     if settings.mongo_url is None:
-        app[CHAT_STORE] = MemoryChat(now=clock.time, max_text_chars=limit)
+        app[CHAT_STORE] = MemoryChat(now=clock.time)
         yield
         return
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongo_url, tz_aware=True, serverSelectionTimeoutMS=5000
     )
     try:
-        store = MongoChat(client, settings.chat.database, now=clock.time, max_text_chars=limit)
+        store = MongoChat(client, settings.chat.database, now=clock.time)
         await store.ensure_indexes()
         app[CHAT_STORE] = store
         yield

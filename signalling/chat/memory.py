@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 
 from .ids import MessageIds, participants, stored_message
 from .model import (
-    DEFAULT_MAX_TEXT_CHARS,
     STATUS_RANK,
     ChatBlocked,
     Conversation,
@@ -35,14 +34,9 @@ class MemoryChat:
 
     No method awaits between reading and writing its state, so each call is atomic. Inputs
     are trusted (store.py): the handlers ran the chat rules on them.
-
-    ``max_text_chars`` is accepted and unused: the text limit is a rule the handlers apply
-    (``ChatSettings.max_text_chars``); app.py still passes it.
     """
 
-    def __init__(
-        self, now: Callable[[], float], *, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
-    ) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
         self._ids = MessageIds()
         self._messages: dict[str, Message] = {}

@@ -35,7 +35,6 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .ids import MessageIds, block_key, conversation_id, participants, stored_message
 from .model import (
-    DEFAULT_MAX_TEXT_CHARS,
     STATUS_RANK,
     STATUSES,
     ChatBlocked,
@@ -78,19 +77,13 @@ _ID_RETRIES: Final = 3
 
 
 class MongoChat:
-    """The chat store on MongoDB. The client is owned by the caller; ``close`` does nothing.
-
-    ``max_text_chars`` is accepted and unused: the text limit is a rule the handlers apply
-    (``ChatSettings.max_text_chars``); app.py still passes it.
-    """
+    """The chat store on MongoDB. The client is owned by the caller; ``close`` does nothing."""
 
     def __init__(
         self,
         client: AsyncMongoClient[Doc],
         database: str,
         now: Callable[[], float],
-        *,
-        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     ) -> None:
         db = client[database]
         self._messages: AsyncCollection[Doc] = db["messages"]

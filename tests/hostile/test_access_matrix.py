@@ -149,12 +149,13 @@ async def client(
 
 
 def _routes(client: TestClient[Any, Any]) -> list[tuple[str, str]]:
-    found = set()
+    found: set[tuple[str, str]] = set()
     for route in client.app.router.routes():
         if route.method == "HEAD":
             continue
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
+        assert isinstance(path, str), info
         found.add((route.method, path))
     return sorted(found)
 

@@ -45,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC_PATH = REPO_ROOT / "docs" / "protocol.md"
 SCHEMA_PATH = REPO_ROOT / "docs" / "protocol.schema.json"
 TEMPLATE_PATH = REPO_ROOT / "docs" / "protocol.template.md"
-REGENERATE = "python -m signalling.protocol_doc"
+REGENERATE = "python -m signalling.protocol.doc"
 
 # --- the generated parts -------------------------------------------------------------------
 

@@ -9,12 +9,11 @@ from aiohttp import WSMsgType, web
 
 from .errors import AuthError
 from .keys import CONNECTIONS, HUB, HUB_SETTINGS, VERIFIER
-from .protocol import CloseCode
+from .protocol import TRY_AGAIN_LATER, CloseCode
 from .session import Session
 from .settings import HubSettings
 
 CLOSE_TIMEOUT_S = 2.0
-TRY_AGAIN_LATER = 1013
 
 
 def bearer_token(request: web.Request) -> str:

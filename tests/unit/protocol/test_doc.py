@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from signalling import protocol_doc
 from signalling.app import assemble
 from signalling.auth import Identity, Role
 from signalling.calls.hooks import EndFigures, FreeCalls, StartTerms
@@ -19,34 +19,37 @@ from signalling.presence.memory import MemoryPresence, MemoryWorld
 from signalling.protocol import (
     CLIENT_TYPES,
     SERVER_MESSAGES,
+    TRY_AGAIN_LATER,
     CloseCode,
     EndReason,
     ErrorCode,
     IceServerInfo,
     ServerMessage,
     Welcome,
+    doc,
+    doc_example,
+    doc_meanings,
     encode,
 )
 from signalling.session import Session
 from signalling.settings import HubSettings
-from signalling.ws import TRY_AGAIN_LATER
 
-STALE = f"is out of date: run `{protocol_doc.REGENERATE}`"
+STALE = f"is out of date: run `{doc.REGENERATE}`"
 
 
 @pytest.fixture(scope="module")
 def rendered() -> str:
-    return protocol_doc.render()
+    return doc.render()
 
 
 def test_protocol_md_is_generated(rendered: str) -> None:
-    on_disk = protocol_doc.DOC_PATH.read_text(encoding="utf-8")
+    on_disk = doc.DOC_PATH.read_text(encoding="utf-8")
     assert on_disk == rendered, f"docs/protocol.md {STALE}"
 
 
 def test_schema_json_is_generated() -> None:
-    on_disk = protocol_doc.SCHEMA_PATH.read_text(encoding="utf-8")
-    assert on_disk == protocol_doc.json_schema(), f"docs/protocol.schema.json {STALE}"
+    on_disk = doc.SCHEMA_PATH.read_text(encoding="utf-8")
+    assert on_disk == doc.json_schema(), f"docs/protocol.schema.json {STALE}"
 
 
 def test_every_code_reason_and_type_is_documented(rendered: str) -> None:
@@ -64,31 +67,63 @@ def test_every_code_reason_and_type_is_documented(rendered: str) -> None:
 
 
 def test_an_error_code_without_a_meaning_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(protocol_doc.ERROR_MEANINGS, ErrorCode.INTERNAL)
+    monkeypatch.delitem(doc_meanings.ERROR_MEANINGS, ErrorCode.INTERNAL)
     with pytest.raises(ValueError, match="internal"):
-        protocol_doc.render()
+        doc.render()
 
 
 def test_a_close_code_without_a_meaning_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(protocol_doc.CLOSE_MEANINGS, TRY_AGAIN_LATER)
+    monkeypatch.delitem(doc_meanings.CLOSE_MEANINGS, TRY_AGAIN_LATER)
     with pytest.raises(ValueError, match="close code"):
-        protocol_doc.render()
+        doc.render()
+
+
+def edited_template(tmp_path: Path, old: str, new: str) -> Path:
+    text = doc.TEMPLATE_PATH.read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "protocol.template.md"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ("<!-- messages 5.7 -->", "", r"no marker for \[\('messages', '5.7'\)\]"),
+        ("<!-- codes 7 -->", "<!-- codes 6 -->", "codes 6 --> in §7"),
+        ("<!-- messages 5.3 -->", "<!-- messages 5.3 -->\n\n<!-- messages 5.3 -->", "once"),
+        ("<!-- example -->", "<!-- examples -->", "examples"),
+        ("$ring_timeout_s", "$ring_timeout", "ring_timeout"),
+        ("### 5.6 Billing", "### 5.6. Billing", "5.6. Billing"),
+    ],
+)
+def test_a_template_that_does_not_fit_the_schemas_fails(
+    tmp_path: Path, old: str, new: str, error: str
+) -> None:
+    with pytest.raises((ValueError, KeyError), match=error):
+        doc.render(edited_template(tmp_path, old, new))
+
+
+def test_the_note_to_template_editors_is_not_copied(rendered: str) -> None:
+    assert doc.TEMPLATE_PATH.read_text(encoding="utf-8").startswith("<!-- TEMPLATE ")
+    assert rendered.startswith("# Jalwa signalling protocol v1\n")
 
 
 def test_section_citations_in_code_exist() -> None:
     """Every §N cited in signalling/ (other than DESIGN's) is a section of the doc."""
-    package = protocol_doc.REPO_ROOT / "signalling"
+    package = doc.REPO_ROOT / "signalling"
     cited = set()
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         text = re.sub(r"DESIGN §[\d.]+", "", text)
         cited |= {m.rstrip(".") for m in re.findall(r"§(\d+(?:\.\d+)*)", text)}
     assert cited, "expected § citations in signalling/"
-    assert cited <= protocol_doc.SECTION_NUMBERS, sorted(cited - protocol_doc.SECTION_NUMBERS)
+    sections = doc.section_numbers()
+    assert cited <= sections, sorted(cited - sections)
 
 
 def test_schema_covers_both_directions() -> None:
-    schema = json.loads(protocol_doc.json_schema())
+    schema = json.loads(doc.json_schema())
     client = schema["$defs"]["ClientMessage"]["discriminator"]["mapping"]
     server = schema["$defs"]["ServerMessage"]["discriminator"]["mapping"]
     assert set(client) == CLIENT_TYPES
@@ -119,9 +154,9 @@ async def test_example_is_what_the_hub_sends(monkeypatch: pytest.MonkeyPatch) ->
         clock=clock,
         hooks=ExampleBilling(),
         ice_servers=lambda user_id: stun,
-        new_call_id=lambda: protocol_doc.EXAMPLE_CALL_ID,
+        new_call_id=lambda: doc_example.EXAMPLE_CALL_ID,
     ).hub
-    steps = [s for s in protocol_doc.EXAMPLE if not isinstance(s, str)]
+    steps = [s for s in doc_example.EXAMPLE if not isinstance(s, str)]
     welcome = steps.pop(0)
     sessions: dict[str, Session] = {}
     sent: list[tuple[str, Any]] = []

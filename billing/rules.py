@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 
 from billing.errors import InvalidAmount
-from billing.ledger import CallTerms, Problem
+from billing.ledger import CallTerms
 
 WALLET = "wallet"
 EARNINGS = "earnings"
@@ -59,10 +58,3 @@ def check_terms(terms: CallTerms, max_amount: int) -> None:
     if not 0 <= terms.rate <= max_amount:
         raise InvalidAmount(f"rate must be between 0 and {max_amount}, got {terms.rate}")
     check_share(terms.share_bps)
-
-
-def problem(check: str, what: str, items: Sequence[str]) -> Problem:
-    """A failed invariant naming its offending rows (the first 20 of them)."""
-    shown = "; ".join(items[:20])
-    more = f" (and {len(items) - 20} more)" if len(items) > 20 else ""
-    return Problem(check, f"{len(items)} {what}: {shown}{more}")

@@ -729,7 +729,7 @@ async def test_check_names_a_balance_that_disagrees_with_its_postings(books: Boo
         )
     else:
         assert isinstance(books.ledger, MemoryLedger)
-        books.ledger._accounts[("payer", "wallet")].balance += 5  # reaching in on purpose
+        books.ledger._books.accounts[("payer", "wallet")].balance += 5  # reaching in on purpose
 
     problems = await books.ledger.check()
 

@@ -65,7 +65,7 @@ from billing.ledger import (
 )
 from billing.ledger_pg import PgLedger
 from billing.settings import BillingSettings
-from tests.contract.test_ledger_contract import fresh_database
+from tests.contract.ledger.books import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 JALWA = str(Path(sys.executable).parent / "jalwa")

@@ -47,19 +47,11 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 
 from bench.loop import loop_factory
-from billing.ledger import (
-    INSUFFICIENT_BALANCE,
-    PLATFORM,
-    CallTerms,
-    Stop,
-    Tick,
-    call_minute_key,
-    host_part,
-    request_hash,
-)
+from billing.ledger import CallTerms, Stop, Tick
 from billing.ledger_pg import PgLedger
 from billing.loop import BillingLoop
 from billing.migrate import migrate
+from billing.rules import INSUFFICIENT_BALANCE, PLATFORM, call_minute_key, host_part, request_hash
 from billing.settings import BillingSettings
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"

@@ -1,8 +1,13 @@
 """The ledger interface billing is built on (DESIGN §5), with its value types.
 
-Two adapters implement ``Ledger``: ``ledger_memory.MemoryLedger`` (embedded default) and
-``ledger_pg.PgLedger`` (PostgreSQL, asyncpg). One contract suite
-(tests/contract/test_ledger_contract.py) runs against both.
+The interface is split by concern, so each caller can say what it needs: ``CallBilling``
+(the hub's call hooks and the billing loop), ``Wallets`` (balances, history, money in),
+``Catalog`` (host rates, gifts), ``Payouts`` (withdrawals) and ``Audit`` (the books'
+invariants). ``Ledger`` is all of them plus ``close``; two adapters implement it:
+``ledger_memory.MemoryLedger`` (embedded default) and ``ledger_pg.PgLedger`` (PostgreSQL,
+asyncpg). One contract suite (tests/contract/ledger/) runs against both. The rules both
+adapters share live in ``rules``, their audits side by side in ``audit``, ``audit_pg`` and
+``audit_memory``.
 
 Money model, shared by both adapters:
 - Integer coins only. Accounts: per user ``wallet`` (bought coins), ``earnings`` (earned
@@ -32,16 +37,21 @@ Money model, shared by both adapters:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from billing.errors import InvalidAmount
-
 WithdrawalState = Literal["pending", "paid", "rejected"]
 CallState = Literal["active", "ended"]
+UNLIMITED_MINUTES = 2**31 - 1
+
+
+def minutes_left(balance: int, rate: int) -> int:
+    """Whole further minutes ``balance`` pays for at ``rate``; a free call never runs out."""
+    return balance // rate if rate > 0 else UNLIMITED_MINUTES
+
+
+# --- call billing -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,26 +111,6 @@ class CallTotals:
 
 
 @dataclass(frozen=True, slots=True)
-class Balances:
-    wallet: int
-    earnings: int
-    withdrawal_pending: int
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One journal entry as seen from one user's accounts (newest first when listed)."""
-
-    id: int
-    key: str
-    kind: str  # call_minute, gift, recharge, credit, withdrawal_request, ...
-    created_at: float  # unix seconds
-    wallet_delta: int
-    earnings_delta: int
-    pending_delta: int
-
-
-@dataclass(frozen=True, slots=True)
 class CallRecord:
     call_id: str
     payer: str
@@ -135,46 +125,8 @@ class CallRecord:
     coins: int
 
 
-@dataclass(frozen=True, slots=True)
-class Gift:
-    gift_id: str
-    name: str
-    price: int  # coins, > 0
-    active: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GiftSent:
-    gift_id: str
-    price: int
-    host_credit: int
-    sender_balance: int  # sender's wallet after the gift
-    entry_id: int  # the journal entry: the same on every replay of the key
-    replayed: bool = False  # True when the key had been used: nothing moved this time
-
-
-@dataclass(frozen=True, slots=True)
-class Withdrawal:
-    id: int
-    host: str
-    amount: int
-    state: WithdrawalState
-    created_at: float
-    decided_at: float | None
-    # On request_withdrawal's result only: the key had been used, nothing moved this time.
-    replayed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One failed invariant, with the offending rows described."""
-
-    check: str
-    detail: str
-
-
-class Ledger(Protocol):
-    # --- calls --------------------------------------------------------------------------
+class CallBilling(Protocol):
+    """Calls charged per started minute: the hub's call hooks and the billing loop."""
 
     async def open_call(self, terms: CallTerms) -> OpenedCall:
         """Record the call and charge minute 1 (key cm:<call>:1). InsufficientFunds (and
@@ -200,7 +152,32 @@ class Ledger(Protocol):
     async def calls(self, user_id: str, *, limit: int, before: float | None) -> list[CallRecord]:
         """Calls the user paid for or hosted, newest first, started before ``before``."""
 
-    # --- balances and history -----------------------------------------------------------
+
+# --- wallets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    wallet: int
+    earnings: int
+    withdrawal_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal entry as seen from one user's accounts (newest first when listed)."""
+
+    id: int
+    key: str
+    kind: str  # call_minute, gift, recharge, credit, withdrawal_request, ...
+    created_at: float  # unix seconds
+    wallet_delta: int
+    earnings_delta: int
+    pending_delta: int
+
+
+class Wallets(Protocol):
+    """What a user holds and how it got there; money in from providers and admins."""
 
     async def balances(self, user_id: str) -> Balances:
         """Zeros for a user with no accounts yet."""
@@ -208,7 +185,36 @@ class Ledger(Protocol):
     async def entries(self, user_id: str, *, limit: int, before: int | None) -> list[Entry]:
         """The user's journal entries, newest first, with id < ``before``."""
 
-    # --- rates and gifts ----------------------------------------------------------------
+    async def recharge(self, provider: str, txn_id: str, user_id: str, amount: int) -> Balances:
+        """Credit the wallet from ext:<provider> (key rc:<provider>:<txn>)."""
+
+    async def credit(self, key: str, user_id: str, amount: int, *, admin: str) -> Balances:
+        """Manual top-up of a wallet from ext:admin (key credit:<key>)."""
+
+
+# --- catalog ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Gift:
+    gift_id: str
+    name: str
+    price: int  # coins, > 0
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GiftSent:
+    gift_id: str
+    price: int
+    host_credit: int
+    sender_balance: int  # sender's wallet after the gift
+    entry_id: int  # the journal entry: the same on every replay of the key
+    replayed: bool = False  # True when the key had been used: nothing moved this time
+
+
+class Catalog(Protocol):
+    """What things cost: host rates and the gift catalog, and sending a gift."""
 
     async def host_rate(self, host: str) -> int | None:
         """The rate an admin set for this host, or None (the caller uses the default)."""
@@ -233,13 +239,24 @@ class Ledger(Protocol):
         share and the platform the rest. NotFound for an unknown or inactive gift,
         InsufficientFunds if the wallet is short, InvalidAmount for sender == receiver."""
 
-    # --- money in and out ---------------------------------------------------------------
 
-    async def recharge(self, provider: str, txn_id: str, user_id: str, amount: int) -> Balances:
-        """Credit the wallet from ext:<provider> (key rc:<provider>:<txn>)."""
+# --- payouts ------------------------------------------------------------------------------
 
-    async def credit(self, key: str, user_id: str, amount: int, *, admin: str) -> Balances:
-        """Manual top-up of a wallet from ext:admin (key credit:<key>)."""
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    id: int
+    host: str
+    amount: int
+    state: WithdrawalState
+    created_at: float
+    decided_at: float | None
+    # On request_withdrawal's result only: the key had been used, nothing moved this time.
+    replayed: bool = False
+
+
+class Payouts(Protocol):
+    """Hosts withdrawing their earnings, decided by an admin."""
 
     async def request_withdrawal(self, key: str, host: str, amount: int) -> Withdrawal:
         """Move ``amount`` from earnings to withdrawal_pending; InsufficientFunds if the
@@ -256,73 +273,29 @@ class Ledger(Protocol):
         self, *, host: str | None, state: WithdrawalState | None, limit: int
     ) -> list[Withdrawal]: ...
 
-    # --- audit --------------------------------------------------------------------------
+
+# --- audit --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One failed invariant, with the offending rows described."""
+
+    check: str
+    detail: str
+
+
+class Audit(Protocol):
+    """The books checked against every invariant of the money model."""
 
     async def check(self) -> list[Problem]:
         """Every invariant of the model; empty when the books are clean."""
 
+
+# --- all of it ----------------------------------------------------------------------------
+
+
+class Ledger(CallBilling, Wallets, Catalog, Payouts, Audit, Protocol):
+    """The whole ledger, as the composition root builds it (both adapters are one)."""
+
     async def close(self) -> None: ...
-
-
-# --- rules both adapters share (pure; the contract suite pins them) ---------------------
-
-WALLET = "wallet"
-EARNINGS = "earnings"
-PENDING = "withdrawal_pending"
-USER_KINDS = (WALLET, EARNINGS, PENDING)  # also the order user accounts are locked in
-PLATFORM = ("platform", "revenue")
-PAYOUTS = ("ext:payouts", "clearing")
-ADMIN_CLEARING = ("ext:admin", "clearing")
-UNLIMITED_MINUTES = 2**31 - 1
-INSUFFICIENT_BALANCE = "insufficient_balance"
-PEER_LOST = "peer_lost"
-
-
-def clearing_account(provider: str) -> tuple[str, str]:
-    return (f"ext:{provider}", "clearing")
-
-
-def call_minute_key(call_id: str, minute: int) -> str:
-    return f"cm:{call_id}:{minute}"
-
-
-def host_part(coins: int, share_bps: int) -> int:
-    """The host's floored share; the platform gets ``coins - host_part``."""
-    return coins * share_bps // 10000
-
-
-def minutes_left(balance: int, rate: int) -> int:
-    return balance // rate if rate > 0 else UNLIMITED_MINUTES
-
-
-def request_hash(*parts: object) -> str:
-    """What a key was first used for; a replay must hash the same."""
-    text = json.dumps(parts, separators=(",", ":"))  # unambiguous, unlike joining strings
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def check_amount(amount: int, max_amount: int) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise InvalidAmount(f"amount must be an integer number of coins, got {amount!r}")
-    if amount <= 0 or amount > max_amount:
-        raise InvalidAmount(f"amount must be between 1 and {max_amount}, got {amount}")
-
-
-def check_share(share_bps: int) -> None:
-    if not 0 <= share_bps <= 10000:
-        raise InvalidAmount(f"share_bps must be between 0 and 10000, got {share_bps}")
-
-
-def check_terms(terms: CallTerms, max_amount: int) -> None:
-    if terms.payer == terms.host:
-        raise InvalidAmount("a user cannot call themselves")
-    if not 0 <= terms.rate <= max_amount:
-        raise InvalidAmount(f"rate must be between 0 and {max_amount}, got {terms.rate}")
-    check_share(terms.share_bps)
-
-
-def problem(check: str, what: str, items: Sequence[str]) -> Problem:
-    """A failed invariant naming its offending rows (the first 20 of them)."""
-    shown = "; ".join(items[:20])
-    more = f" (and {len(items) - 20} more)" if len(items) > 20 else ""
-    return Problem(check, f"{len(items)} {what}: {shown}{more}")

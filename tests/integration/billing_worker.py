@@ -37,7 +37,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
 
-from billing.ledger_pg import APPLY_ROUND, PgLedger
+from billing.ledger_pg import PgLedger
+from billing.pg_statements import APPLY_ROUND
 from billing.settings import BillingSettings
 
 if TYPE_CHECKING:

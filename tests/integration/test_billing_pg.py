@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from signalling.app import create_app
 from tests.conftest import MakeSettings, MakeToken
-from tests.contract.test_ledger_contract import fresh_database
+from tests.contract.ledger.books import fresh_database
 from tests.wsutil import recv
 
 AiohttpClient = Any

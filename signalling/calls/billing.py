@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from billing.errors import (
     BillingError,
@@ -14,7 +15,7 @@ from billing.errors import (
     InvalidAmount,
     NotFound,
 )
-from billing.ledger import CallTerms, Ledger, Stop, Tick, minutes_left
+from billing.ledger import CallBilling, CallTerms, Catalog, Stop, Tick, Wallets, minutes_left
 from billing.settings import BillingSettings
 
 from ..auth import Identity
@@ -46,10 +47,14 @@ def protocol_error(exc: BillingError) -> JalwaError:
     return JalwaError(exc.message, code=code)
 
 
+class HookLedger(CallBilling, Catalog, Wallets, Protocol):
+    """What the call hooks use of the ledger: open and close calls, rates, balances."""
+
+
 class LedgerHooks:
     """CallHooks backed by the ledger: a call opens (minute 1 paid) when it starts."""
 
-    def __init__(self, ledger: Ledger, settings: BillingSettings) -> None:
+    def __init__(self, ledger: HookLedger, settings: BillingSettings) -> None:
         self._ledger = ledger
         self._settings = settings
         # call id -> the open_call in flight; call_ended waits for it, so a call that ends
@@ -153,7 +158,7 @@ class HubBillingEvents:
             stop.call_id, EndReason(stop.reason), stop.payer, stop.host
         )
 
-    async def keep_calls_alive(self, ledger: Ledger) -> None:
+    async def keep_calls_alive(self, ledger: CallBilling) -> None:
         """Tell the ledger this node still runs its calls (see BillingSettings.orphan_after_s)."""
         book = self._calls.book
         active = [c.call_id for c in book.active_calls() if c.answered_at is not None]

@@ -3,8 +3,10 @@ or not. The ledger makes it exactly-once per idempotency key; a replay notifies 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from billing.errors import BillingError
-from billing.ledger import Ledger
+from billing.ledger import Catalog, Wallets
 from billing.settings import BillingSettings
 
 from ..auth import Identity, Role, user_info
@@ -16,11 +18,15 @@ from .billing import protocol_error
 from .machine import CallBook
 
 
+class GiftLedger(Catalog, Wallets, Protocol):
+    """What gifts use of the ledger: the catalog's send_gift and both parties' balances."""
+
+
 class Gifts:
     """``gift.send`` (docs/protocol.md §5.7): a caller pays a host for a catalog gift."""
 
     def __init__(
-        self, port: HubPort, book: CallBook, ledger: Ledger, settings: BillingSettings
+        self, port: HubPort, book: CallBook, ledger: GiftLedger, settings: BillingSettings
     ) -> None:
         self._port = port
         self._book = book

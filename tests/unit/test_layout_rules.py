@@ -18,3 +18,18 @@ def test_only_the_cli_reads_the_environment() -> None:
         if path.name != "cli.py" and ENV_READ.search(path.read_text())
     ]
     assert offenders == [], f"modules reading the environment: {offenders}"
+
+
+MODULE_MAX_LINES = 500  # modules sized by concept (issue 9): split a room that outgrows it
+HUB_MAX_LINES = 400  # the hub keeps sessions, dispatch and the inbox; features live in wings
+
+
+def test_modules_stay_small() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for pkg in PACKAGES
+        for path in (ROOT / pkg).rglob("*.py")
+    }
+    oversized = {name: n for name, n in sizes.items() if n > MODULE_MAX_LINES}
+    assert oversized == {}, f"modules over {MODULE_MAX_LINES} lines: {oversized}"
+    assert sizes["signalling/hub.py"] <= HUB_MAX_LINES

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import grimp
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("signalling", "billing", "media", "turn")
 ENV_READ = re.compile(r"\bos\.environ\b|\bos\.getenv\b|\bgetenv\(")
@@ -33,3 +35,25 @@ def test_modules_stay_small() -> None:
     oversized = {name: n for name, n in sizes.items() if n > MODULE_MAX_LINES}
     assert oversized == {}, f"modules over {MODULE_MAX_LINES} lines: {oversized}"
     assert sizes["signalling/hub.py"] <= HUB_MAX_LINES
+
+
+def test_no_import_cycles() -> None:
+    """No module reaches itself through imports, TYPE_CHECKING ones included (the SFU's
+    forwarding modules once did)."""
+    graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=False)
+    edges = {m: graph.find_modules_directly_imported_by(m) & graph.modules for m in graph.modules}
+    cycles = [m for m in sorted(edges) if _reaches(edges, m, m)]
+    assert cycles == [], f"modules in an import cycle: {cycles}"
+
+
+def _reaches(edges: dict[str, set[str]], start: str, target: str) -> bool:
+    seen: set[str] = set()
+    todo = list(edges[start])
+    while todo:
+        module = todo.pop()
+        if module == target:
+            return True
+        if module not in seen:
+            seen.add(module)
+            todo.extend(edges[module])
+    return False

@@ -344,6 +344,9 @@ class NullEvents:
     async def out_of_money(self, stop: Stop) -> None:
         return None
 
+    async def ledger_unreachable(self) -> None:
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Run:

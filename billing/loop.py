@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from .ledger import BillingRound, Ledger, Stop, Tick
+from .ledger import BillingRound, CallBilling, Stop, Tick
 from .settings import BillingSettings
 
 log = logging.getLogger(__name__)
@@ -26,15 +27,35 @@ class BillingEvents(Protocol):
     async def out_of_money(self, stop: Stop) -> None:
         """The call was ended by the ledger: its next minute could not be paid."""
 
+    async def ledger_unreachable(self) -> None:
+        """Rounds have failed for ``unreachable_grace_s``: end this node's calls (docs:
+        decisions, "When billing cannot reach the database"). Told once per outage."""
+
 
 class BillingLoop:
-    def __init__(self, ledger: Ledger, settings: BillingSettings, events: BillingEvents) -> None:
+    def __init__(
+        self,
+        ledger: CallBilling,
+        settings: BillingSettings,
+        events: BillingEvents,
+        *,
+        before_round: Callable[[], Awaitable[None]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ledger = ledger
         self._settings = settings
         self._events = events
+        # Run before each round: calls ended while the database was away are closed in the
+        # ledger before any of their later minutes can be charged.
+        self._before_round = before_round
+        self._monotonic = monotonic
+        self._failing_since: float | None = None
+        self._told = False
 
     async def run_once(self) -> BillingRound:
         """One batch: charge, then report. Returns what the ledger did."""
+        if self._before_round is not None:
+            await self._before_round()
         billed = await self._ledger.bill_due(self._settings.batch_size)
         warn_below = self._settings.low_balance_minutes
         for tick in billed.ticks:
@@ -53,10 +74,21 @@ class BillingLoop:
                     billed = await self.run_once()
                     if len(billed.ticks) + len(billed.stopped) < self._settings.batch_size:
                         break
+                self._failing_since, self._told = None, False
             except Exception:
                 # The database going away must not stop billing for good; retry next round.
                 log.exception("billing round failed")
+                await self._failed()
             await asyncio.sleep(self._settings.loop_interval_s)
+
+    async def _failed(self) -> None:
+        now = self._monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if not self._told and now - self._failing_since >= self._settings.unreachable_grace_s:
+            self._told = True
+            log.error("ledger unreachable for %.0f s: ending calls", now - self._failing_since)
+            await self._report(self._events.ledger_unreachable())
 
     async def _report(self, event: Awaitable[None]) -> None:
         try:

@@ -28,6 +28,11 @@ class BillingSettings(BaseModel):
         ge=0,
         description="end a call (peer_lost, unbilled) its node stopped touching this long; 0 never",
     )
+    unreachable_grace_s: float = Field(
+        20.0,
+        ge=0,
+        description="calls end (billing_unavailable) when the ledger is unreachable this long",
+    )
     max_amount: int = Field(
         10_000_000, ge=1, description="largest amount one recharge / credit / withdrawal may move"
     )

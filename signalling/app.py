@@ -205,7 +205,9 @@ def _hub_context(
             sfu.on_media_failed = calls_wing.media_failed
             app[SFU] = sfu
         events = HubBillingEvents(hub, calls_wing)
-        billing_loop = BillingLoop(app[LEDGER], settings.billing, events)
+        billing_loop = BillingLoop(
+            app[LEDGER], settings.billing, events, before_round=ledger_hooks.flush_closes
+        )
         await presence_wing.beat()
         await hub.start_routing()
         beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3

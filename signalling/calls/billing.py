@@ -5,6 +5,7 @@ events delivered to users wherever they are. Billing errors become protocol erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -34,7 +35,9 @@ from .machine import Call
 from .service import Calls
 
 log = logging.getLogger(__name__)
-CLOSE_RETRY_S = (0.5, 1, 2, 5, 10, 30, 60)
+# Retries of a failed close: every second for two minutes (the billing loop also flushes
+# them before each round), then less often.
+CLOSE_RETRY_S = (0.5, *([1.0] * 120), 5, 10, 30, 60, 300)
 
 
 def protocol_error(exc: BillingError) -> JalwaError:
@@ -61,6 +64,7 @@ class LedgerHooks:
         # while it is being opened is still closed in the ledger (never billed on).
         self._opening: dict[str, asyncio.Future[None]] = {}
         self._retries: set[asyncio.Task[None]] = set()
+        self._unclosed: dict[str, str] = {}  # call id -> end reason, not yet in the ledger
 
     async def rate_of(self, host: str) -> int:
         rate = await self._ledger.host_rate(host)
@@ -110,23 +114,39 @@ class LedgerHooks:
         except Exception:
             # Billing must stop even if the database blinked: keep trying in the background.
             log.exception("closing call %s failed; retrying", call.call_id)
-            task = asyncio.create_task(self._close_later(call.call_id, reason))
+            self._unclosed[call.call_id] = reason
+            task = asyncio.create_task(self._close_later(call.call_id))
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
             return EndFigures()
         return EndFigures(minutes=totals.minutes, coins=totals.coins)
 
-    async def _close_later(self, call_id: str, reason: str) -> None:
+    async def _close_later(self, call_id: str) -> None:
         for delay in CLOSE_RETRY_S:
             await asyncio.sleep(delay)
+            if call_id not in self._unclosed:
+                return  # flush_closes got there first
             try:
-                await self._ledger.close_call(call_id, reason)
-                return
-            except NotFound:
+                await self._close(call_id)
                 return
             except Exception:
                 log.warning("closing call %s failed again", call_id)
         log.error("call %s could not be closed in the ledger; `jalwa ledger check`", call_id)
+
+    async def _close(self, call_id: str) -> None:
+        reason = self._unclosed.get(call_id)
+        if reason is None:
+            return  # closed meanwhile (the retry and the flush may race; closing is idempotent)
+        with contextlib.suppress(NotFound):
+            await self._ledger.close_call(call_id, reason)
+        self._unclosed.pop(call_id, None)
+
+    async def flush_closes(self) -> None:
+        """Close in the ledger every call that ended while it was unreachable; raises while
+        it still is. The billing loop runs this before each round, so none of these calls
+        is charged a minute that starts after it ended here."""
+        for call_id in list(self._unclosed):
+            await self._close(call_id)
 
     async def aclose(self) -> None:
         # Calls closed at shutdown must reach the ledger: give the retries a few seconds.
@@ -151,6 +171,13 @@ class HubBillingEvents:
         if low_balance:
             messages.append(BillingLowBalance(call_id=tick.call_id, minutes_left=tick.minutes_left))
         await self._port.deliver_anywhere(tick.payer, *messages)
+
+    async def ledger_unreachable(self) -> None:
+        """No free minutes without bound: this node's running calls end, and are closed in
+        the ledger (by the hooks' retries) as soon as it answers again."""
+        for call in self._calls.book.active_calls():
+            if call.answered_at is not None:
+                await self._calls.end_call(call.call_id, EndReason.BILLING_UNAVAILABLE)
 
     async def out_of_money(self, stop: Stop) -> None:
         # Any node's loop may bill the call; the call itself runs on its parties' node.

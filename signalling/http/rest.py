@@ -130,6 +130,12 @@ def authed(
                 return _error(400, "invalid_request", f"body is not valid JSON: {exc}")
             except BadQuery as exc:
                 return _error(exc.status, exc.code, exc.message)
+            except web.HTTPException:
+                raise  # aiohttp's own (413, ...): json_errors words them
+            except Exception:
+                # A store going away (the database, MongoDB): say so, as the socket does.
+                log.exception("%s %s failed", request.method, request.path)
+                return _error(503, "unavailable", "a store is unavailable; try again shortly")
 
         return run
 

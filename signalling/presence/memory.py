@@ -67,13 +67,17 @@ class MemoryPresence:
                     break
         return out
 
-    async def beat(self, user_ids: Iterable[str]) -> None:
+    async def beat(self, user_ids: Iterable[str]) -> list[str]:
         now = self._now()
         self._world.nodes[self.node_id] = now + self._node_ttl
+        missing = []
         for uid in user_ids:
             entry = self._world.records.get(uid)
-            if entry is not None and entry[0].node_id == self.node_id and entry[1] > now:
+            if entry is None or entry[1] <= now:
+                missing.append(uid)
+            elif entry[0].node_id == self.node_id:
                 self._world.records[uid] = (entry[0], now + self._ttl)
+        return missing
 
     async def sweep(self) -> list[str]:
         now = self._now()

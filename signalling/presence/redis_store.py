@@ -119,18 +119,22 @@ until cursor == '0'
 return out
 """
 
+# Returns the given users that have no record at all (lost with a Redis restart, or run
+# out): the caller publishes them again. A record another node owns is left alone.
 _BEAT = """
 local p, node, node_ttl, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 redis.call('SET', KEYS[1], '1', 'EX', node_ttl)
-local n = 0
+local missing = {}
 for i = 5, #ARGV do
   local k = p .. 'u:' .. ARGV[i]
-  if redis.call('HGET', k, 'node') == node then
+  local owner = redis.call('HGET', k, 'node')
+  if owner == node then
     redis.call('EXPIRE', k, ttl)
-    n = n + 1
+  elseif not owner then
+    missing[#missing + 1] = ARGV[i]
   end
 end
-return n
+return missing
 """
 
 # Returns {removed uids, next cursor over this node's own user set}.
@@ -313,14 +317,15 @@ class RedisPresence:
         uids = await self._available(keys=[f"{self._p}avail:{role}"], args=[self._p, role, limit])
         return [_s(u) for u in uids]
 
-    async def beat(self, user_ids: Iterable[str]) -> None:
+    async def beat(self, user_ids: Iterable[str]) -> list[str]:
         """Set this node's liveness key and refresh the TTL of those of ``user_ids`` whose
-        record this node still owns; one script call for the whole batch. A record that
-        already ran out is not brought back."""
-        await self._beat(
+        record this node still owns; one script call for the whole batch. Returns those
+        with no record at all (see PresenceStore.beat)."""
+        missing = await self._beat(
             keys=[self._node_key],
             args=[self._p, self.node_id, self._node_ttl, self._ttl, *user_ids],
         )
+        return [_s(uid) for uid in missing]
 
     async def sweep(self) -> list[str]:
         """Remove what nodes without a liveness key left behind (their records still owned

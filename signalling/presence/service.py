@@ -86,7 +86,10 @@ class Presence:
     async def beat(self) -> None:
         """Keep this node's presence alive and clear what dead nodes left behind."""
         local = list(self._port.local_users())
-        await self.store.beat(local)
+        for uid in await self.store.beat(local):
+            # The store lost a live session's record (a Redis restart): without this the
+            # user would look offline to everyone until they next changed status.
+            await self.refresh(uid)
         for uid in await self.store.sweep():
             if self._port.session_of(uid) is None:
                 await self._announce(uid, "offline")

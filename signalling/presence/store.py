@@ -48,8 +48,11 @@ class PresenceStore(Protocol):
     async def available(self, role: str, limit: int) -> list[str]:
         """Up to ``limit`` live users with this role and status available."""
 
-    async def beat(self, user_ids: Iterable[str]) -> None:
-        """Mark this node alive and refresh the TTL of its users' records."""
+    async def beat(self, user_ids: Iterable[str]) -> list[str]:
+        """Mark this node alive and refresh the TTL of its users' records. Returns those of
+        ``user_ids`` that have no record at all (run out, or lost: a Redis restarted without
+        persistence) so the caller, whose sessions they are, publishes them again; a record
+        owned by another node or session is neither refreshed nor returned."""
 
     async def sweep(self) -> list[str]:
         """Remove records of nodes that stopped beating; returns the users removed."""

@@ -85,5 +85,6 @@ class EndReason(enum.StrEnum):
     INSUFFICIENT_BALANCE = "insufficient_balance"
     PEER_LOST = "peer_lost"
     MEDIA_FAILED = "media_failed"
+    BILLING_UNAVAILABLE = "billing_unavailable"
     ADMIN = "admin"
     SHUTDOWN = "shutdown"

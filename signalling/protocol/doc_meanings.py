@@ -80,6 +80,10 @@ END_REASON_MEANINGS: dict[EndReason, str] = {
         "In `sfu` mode a party's peer connection with the server was not connected within "
         "`media.connect_timeout_s` of the call's start, its offer or its failing (§5.5)."
     ),
+    EndReason.BILLING_UNAVAILABLE: (
+        "The ledger could not be reached for `billing.unreachable_grace_s`: minutes that"
+        " cannot be charged are not given away. Call again shortly."
+    ),
     EndReason.ADMIN: "An operator ended it.",
     EndReason.SHUTDOWN: "The server is shutting down (a 1012 close follows).",
 }

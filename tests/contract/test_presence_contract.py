@@ -46,6 +46,10 @@ class World:
     def node(self, node_id: str) -> PresenceStore:
         raise NotImplementedError
 
+    async def lose_everything(self) -> None:
+        """What a restart of the store without persistence does."""
+        raise NotImplementedError
+
     async def advance(self, seconds: float) -> None:
         raise NotImplementedError
 
@@ -62,6 +66,10 @@ class MemoryTestWorld(World):
 
     async def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
+
+    async def lose_everything(self) -> None:
+        self.world.records.clear()
+        self.world.nodes.clear()
 
 
 class RedisTestWorld(World):
@@ -92,6 +100,11 @@ class RedisTestWorld(World):
 
     async def advance(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def lose_everything(self) -> None:
+        keys = await self.keys()
+        if keys:
+            await self.admin.delete(*keys)
 
     async def keys(self) -> list[str]:
         found = [k async for k in self.admin.scan_iter(match=f"{self.prefix}:*", count=500)]
@@ -282,6 +295,23 @@ async def test_beat_keeps_records_alive_and_unbeaten_records_expire(world: World
     assert await a.available("host", 10) == ["u"]
 
 
+async def test_beat_reports_records_the_store_lost(world: World) -> None:
+    """After a restart without persistence, a beat names the live users to publish again;
+    users whose record another node owns are not its business."""
+    a, b = world.node("A"), world.node("B")
+    await a.set(rec("u"))
+    await b.set(rec("v"))
+    assert await a.beat(["u", "v"]) == []
+
+    await world.lose_everything()
+
+    assert await a.beat(["u", "never-set"]) == ["u", "never-set"]
+    await b.set(rec("v"))
+    assert await a.beat(["v"]) == []
+    await a.set(rec("u"))
+    assert set(await b.get_many(["u", "v"])) == {"u", "v"}
+
+
 async def test_silent_node_users_vanish_when_node_key_expires(world: World) -> None:
     a, b = world.node("A"), world.node("B")
     await a.set(rec("u"))
@@ -371,7 +401,9 @@ async def test_expired_records_are_gone_for_good(world: World) -> None:
     await a.set(rec("x", session="s-x"))
     await world.advance(TTL_S + 0.2)  # both records (and A's liveness) ran out
 
-    await a.beat(["u"])  # A alive again; u's record is not brought back
+    # A alive again; u's record is not brought back, but reported missing (A publishes it
+    # again if u's session is still live).
+    assert await a.beat(["u"]) == ["u"]
 
     assert await a.get_many(["u", "x"]) == {}
     assert await a.available("host", 10) == []

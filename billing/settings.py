@@ -24,7 +24,7 @@ class BillingSettings(BaseModel):
         None, description="HMAC-SHA256 secret of the payment provider's signed receipts"
     )
     orphan_after_s: int = Field(
-        60,
+        15,
         ge=0,
         description="end a call (peer_lost, unbilled) its node stopped touching this long; 0 never",
     )

@@ -7,12 +7,14 @@ afterwards the books are clean and no acknowledged chat message is missing.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiohttp.test_utils import TestClient
 
 from signalling.app import create_app
@@ -21,7 +23,8 @@ from signalling.keys import LEDGER
 from tests.conftest import MakeSettings, MakeToken
 from tests.contract.ledger.books import fresh_database
 from tests.hostile.faults import CutProxy, PrivateRedis
-from tests.integration.services import require_mongo
+from tests.integration.processes import JALWA, serve
+from tests.integration.services import require_mongo, require_redis
 from tests.wsutil import recv, until
 
 AiohttpClient = Any
@@ -208,6 +211,92 @@ async def test_mongo_away_while_chatting_loses_no_acknowledged_message(
         assert sorted(stored) == sorted(acked) and len(stored) == len(set(stored)) == 24
     finally:
         await proxy.close()
+
+
+async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
+    """kill -9 of the node running a paid call, another node alive on the same Redis and
+    PostgreSQL: the survivor's billing loop ends the call (peer_lost) once its node stops
+    touching it, the payer is charged a bounded number of minutes, the books are clean,
+    and the parties can call again from the surviving node.
+
+    Bounded, not zero: minutes that start between the kill and ``orphan_after_s`` are still
+    charged (3 of 4 in a typical run with 1 s minutes). Charging nothing after the node's
+    last sign of life is the cross-node issue's (issue 10)."""
+    redis_url = require_redis()
+    async with fresh_database() as dsn:
+        shared = {
+            "JALWA_REDIS_URL": redis_url,
+            "JALWA_PRESENCE__KEY_PREFIX": f"jalwa-kill-{time.time_ns()}",
+            "JALWA_DATABASE_URL": dsn,
+            "JALWA_BILLING__MINUTE_SECONDS": "1",
+            "JALWA_BILLING__LOOP_INTERVAL_S": "0.1",
+            "JALWA_BILLING__ORPHAN_AFTER_S": "3",
+            "JALWA_BILLING__DEFAULT_RATE": "1",
+        }
+        with serve(tmp_path, **shared) as doomed, serve(tmp_path, **shared) as survivor:
+            async with aiohttp.ClientSession() as http:
+                resp = await http.get(f"{doomed.url}/v1/dev/token?user=alice&credit=1000")
+                alice_token = (await resp.json())["token"]
+                resp = await http.get(f"{doomed.url}/v1/dev/token?user=bob&role=host")
+                bob_token = (await resp.json())["token"]
+                alice = await http.ws_connect(f"{doomed.url}/v1/ws?token={alice_token}")
+                bob = await http.ws_connect(f"{doomed.url}/v1/ws?token={bob_token}")
+                await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+                cid = (await recv(alice, "ack"))["call_id"]
+                await bob.send_json({"type": "call.accept", "call_id": cid})
+                await recv(alice, "call.started")
+                started = time.monotonic()
+                await recv(alice, "billing.tick")
+
+                doomed.proc.kill()  # kill -9: no shutdown, no retire, no close
+                doomed.proc.wait(10)
+                killed_after = time.monotonic() - started
+                FAULTS["node killed with a paid call"] += 1
+
+                conn = await asyncpg.connect(dsn)
+                try:
+                    deadline = time.monotonic() + 15
+                    while True:
+                        row = await conn.fetchrow(
+                            "SELECT state, end_reason, minutes FROM calls WHERE call_id = $1",
+                            cid,
+                        )
+                        assert row is not None
+                        if row["state"] == "ended":
+                            break
+                        assert time.monotonic() < deadline, "the survivor never ended the call"
+                        await asyncio.sleep(0.2)
+                    found_after = time.monotonic() - started
+                finally:
+                    await conn.close()
+                assert row["end_reason"] == "peer_lost"
+                # Charged while the dead node's last touch was younger than orphan_after_s
+                # (3 s here), never after the call was found orphaned.
+                assert row["minutes"] <= int(found_after) + 1, (dict(row), found_after)
+                print(
+                    f"\nkilled after {killed_after:.1f} s, call ended in the ledger after "
+                    f"{found_after:.1f} s, {row['minutes']} minutes charged"
+                )
+                check = await asyncio.to_thread(
+                    subprocess.run,
+                    [JALWA, "ledger", "check"],
+                    env={**survivor.env, "JALWA_DATABASE_URL": dsn},
+                    capture_output=True,
+                    timeout=60,
+                )
+                assert check.returncode == 0, check.stdout + check.stderr
+
+                # Both reconnect to the survivor and can call again.
+                alice = await http.ws_connect(f"{survivor.url}/v1/ws?token={alice_token}")
+                bob = await http.ws_connect(f"{survivor.url}/v1/ws?token={bob_token}")
+                await recv(alice, "welcome")
+                await recv(bob, "welcome")
+                await alice.send_json({"type": "call.invite", "id": "2", "to": "bob"})
+                again = (await recv(alice, "ack"))["call_id"]
+                await bob.send_json({"type": "call.accept", "call_id": again})
+                assert (await recv(alice, "call.started"))["call_id"] == again
+                await alice.send_json({"type": "call.end", "call_id": again})
+                assert (await recv(bob, "call.ended"))["reason"] == "hangup"
 
 
 async def test_zz_report_the_faults() -> None:

@@ -137,13 +137,16 @@ class CallBilling(Protocol):
         """Charge up to ``limit`` due call-minutes (set-based; safe to run concurrently in
         many processes: each due call-minute is charged exactly once), ending calls whose
         next minute cannot be paid. A call more than one minute behind gets one minute per
-        round, so a slow round never skips or double-charges a minute."""
+        round, so a slow round never skips or double-charges a minute. A minute is due only
+        once its call was touched after the minute began: a minute that starts after the
+        node's last sign of life is never charged."""
 
     async def touch_calls(self, call_ids: Sequence[str]) -> dict[str, str]:
-        """The node running these calls is alive. An active call not touched for
-        ``orphan_after_s`` is ended by ``bill_due`` with reason peer_lost, uncharged.
-        Returns the given calls the ledger has already ended, with their end reasons, so
-        the node ends them too even if it missed the news."""
+        """The node running these calls is alive (it touches them every ``keepalive_s``).
+        An active call not touched for ``orphan_after_s`` is ended by ``bill_due`` with
+        reason peer_lost, uncharged, and ``ended_at`` at its last touch. Returns the given
+        calls the ledger has already ended, with their end reasons, so the node ends them
+        too even if it missed the news."""
 
     async def close_call(self, call_id: str, reason: str) -> CallTotals:
         """End the call (idempotent: closing an ended call returns its totals).

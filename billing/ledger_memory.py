@@ -121,18 +121,28 @@ class MemoryLedger:
         if limit <= 0:
             return BillingRound([], [])
         now = self._now()
+        orphan_after = self._settings.orphan_after_s
+
+        def orphaned(call: CallRow) -> bool:
+            return orphan_after > 0 and call.seen_at < now - orphan_after
+
+        # As in PgLedger: a due minute is charged only once the node has shown life since it
+        # began; otherwise the call waits, uncharged, for a touch or to be orphaned.
         due = heapq.nsmallest(
             limit,
-            (call for call in self._books.active.values() if call.next_due < now),
+            (
+                call
+                for call in self._books.active.values()
+                if call.next_due < now and (call.seen_at > call.next_due or orphaned(call))
+            ),
             key=lambda call: (call.next_due, call.call_id),
         )
         ticks: list[Tick] = []
         stops: list[Stop] = []
-        orphan_after = self._settings.orphan_after_s
         for call in due:
-            if orphan_after > 0 and call.seen_at < now - orphan_after:
-                # Its node is gone: end it, charge nothing.
-                self._books.end_call(call, PEER_LOST, now)
+            if orphaned(call):
+                # Its node is gone: end it at its last sign of life, charge nothing.
+                self._books.end_call(call, PEER_LOST, call.seen_at)
                 stops.append(
                     Stop(call.call_id, call.payer, call.host, call.minutes, call.coins, PEER_LOST)
                 )

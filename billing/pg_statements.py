@@ -56,11 +56,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now() + $6::integer * interval '1
         1, $4, 'active')
 """
 
+# A due minute is charged only once the call's node has shown life since it began
+# (seen_at > next_due): a minute that starts after a node's last sign of life is never
+# charged. Such a call waits, uncharged, until its node touches it again or it is orphaned.
 DUE_CALLS = """
 SELECT call_id, payer, host, rate, share_bps, minutes, coins, payer_wallet, host_earnings,
        $2::integer > 0 AND seen_at < now() - $2::integer * interval '1 second' AS orphaned
 FROM calls
 WHERE state = 'active' AND next_due < now()
+  AND (seen_at > next_due
+       OR ($2::integer > 0 AND seen_at < now() - $2::integer * interval '1 second'))
 ORDER BY next_due, call_id
 LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -108,8 +113,10 @@ WITH batch AS (
         next_due = c.next_due + c.minute_s * interval '1 second'
     WHERE c.call_id = ANY($8::text[])
 ), ended AS (
+    -- An orphaned call (peer_lost) ends at its node's last sign of life; an unpaid one now.
     UPDATE calls c
-    SET state = 'ended', end_reason = e.reason, ended_at = now()
+    SET state = 'ended', end_reason = e.reason,
+        ended_at = CASE WHEN e.reason = 'peer_lost' THEN c.seen_at ELSE now() END
     FROM unnest($9::text[], $10::text[]) AS e (call_id, reason)
     WHERE c.call_id = e.call_id
 )

@@ -28,6 +28,12 @@ class BillingSettings(BaseModel):
         ge=0,
         description="end a call (peer_lost, unbilled) its node stopped touching this long; 0 never",
     )
+    keepalive_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="how often a node touches its calls; a minute is charged after a touch",
+    )
     unreachable_grace_s: float = Field(
         20.0,
         ge=0,

@@ -217,7 +217,8 @@ def _hub_context(
             asyncio.create_task(billing_loop.run()),
         ]
         if settings.billing.orphan_after_s > 0:
-            period = max(1.0, settings.billing.orphan_after_s / 4)
+            # Minutes are charged only after a touch (the node shows life): touch often.
+            period = settings.billing.keepalive_s
             keepalive = functools.partial(events.keep_calls_alive, app[LEDGER])
             tasks.append(asyncio.create_task(_every(period, keepalive, "call keepalive")))
         log.info("hub up: node %s, presence in %s", settings.node_id, type(presence).__name__)

@@ -50,7 +50,10 @@ class Books:
     # A test that corrupts the books on purpose clears this to skip the final check.
     expect_clean = True
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, *, alive: bool = True) -> None:
+        """Move time on. ``alive``: the nodes running the active calls touched them at
+        the end of it (as a live node does every ``keepalive_s``), so their due minutes may
+        be charged; with ``alive=False`` nobody touched them."""
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -62,10 +65,13 @@ class MemoryBooks(Books):
 
     def __init__(self) -> None:
         self.now = 1_700_000_000.0
-        self.ledger = MemoryLedger(SETTINGS, lambda: self.now)
+        self.memory = MemoryLedger(SETTINGS, lambda: self.now)
+        self.ledger = self.memory
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, *, alive: bool = True) -> None:
         self.now += seconds
+        if alive:  # test-only: every active call, as their nodes would touch them
+            await self.memory.touch_calls(list(self.memory._books.active))
 
 
 class PgBooks(Books):
@@ -75,7 +81,7 @@ class PgBooks(Books):
         self.pool = pool
         self.ledger = PgLedger(pool, SETTINGS)
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, *, alive: bool = True) -> None:
         # Test-only time travel: the database clock cannot be moved, so the calls move.
         await self.pool.execute(
             "UPDATE calls SET started_at = started_at - $1 * interval '1 second',"
@@ -83,6 +89,8 @@ class PgBooks(Books):
             " seen_at = seen_at - $1 * interval '1 second' WHERE state = 'active'",
             float(seconds),
         )
+        if alive:
+            await self.pool.execute("UPDATE calls SET seen_at = now() WHERE state = 'active'")
 
 
 def base_dsn() -> str:

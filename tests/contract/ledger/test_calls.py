@@ -10,7 +10,6 @@ from billing.errors import InsufficientFunds, InvalidAmount, NotFound
 from billing.ledger import UNLIMITED_MINUTES, Balances, BillingRound
 from tests.contract.ledger.books import (
     MINUTE,
-    ORPHAN_AFTER,
     SETTINGS,
     Books,
     funded,
@@ -269,19 +268,36 @@ async def test_a_call_its_node_stopped_touching_ends_unbilled(books: Books) -> N
     await books.ledger.open_call(terms("lost", "p2", "h2", rate=5))
     ticks: dict[str, int] = {"kept": 0, "lost": 0}
     stops = []
+    [opened_lost] = await books.ledger.calls("p2", limit=1, before=None)
     for _ in range(40):  # 40 minutes; "kept" is touched every minute, "lost" never
+        await books.advance(MINUTE, alive=False)
         await books.ledger.touch_calls(["kept", "no-such-call"])
-        await books.advance(MINUTE)
         billed = await books.ledger.bill_due(100)
         for tick in billed.ticks:
             ticks[tick.call_id] += 1
         stops += billed.stopped
     assert [(s.call_id, s.reason) for s in stops] == [("lost", "peer_lost")]
     assert ticks["kept"] in (39, 40)  # minute n is due strictly after its start
-    # billed until it was found orphaned, never after
-    assert ORPHAN_AFTER // MINUTE - 1 <= ticks["lost"] <= ORPHAN_AFTER // MINUTE
+    # Nothing after its node's last sign of life (its opening): only the prepaid minute.
+    assert ticks["lost"] == 0
     [lost] = await books.ledger.calls("p2", limit=1, before=None)
-    assert (lost.state, lost.end_reason, lost.minutes) == ("ended", "peer_lost", ticks["lost"] + 1)
+    assert (lost.state, lost.end_reason, lost.minutes) == ("ended", "peer_lost", 1)
+    # It ended at that last sign of life, not when the orphan was found.
+    assert lost.ended_at is not None
+    assert lost.ended_at - opened_lost.started_at < MINUTE
+
+
+async def test_a_minute_waits_for_its_node_to_show_life(books: Books) -> None:
+    """A due minute is charged only after a touch that follows its start: a node that went
+    quiet (crashed, or cut off) costs nobody a minute it did not run."""
+    await funded(books, "p1", 100)
+    await books.ledger.open_call(terms("c1", "p1", "h1", rate=5))
+    await books.advance(MINUTE + 1, alive=False)
+    assert (await books.ledger.bill_due(10)).ticks == []  # due, but not shown alive since
+    assert (await books.ledger.balances("p1")).wallet == 95
+    await books.ledger.touch_calls(["c1"])
+    [tick] = (await books.ledger.bill_due(10)).ticks  # the node is back: charged late
+    assert (tick.call_id, tick.minute, tick.balance) == ("c1", 2, 90)
 
 
 async def test_touch_reports_calls_the_ledger_already_ended(books: Books) -> None:

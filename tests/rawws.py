@@ -42,8 +42,11 @@ class RawClient:
         self._buffer = b""
 
     def send_text(self, text: str) -> None:
-        payload = text.encode()
-        header = bytes([0x81])
+        self.send_frame(0x1, text.encode())
+
+    def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        """One masked frame (RFC 6455 §5.2): 0x1 text, 0x2 binary, 0x0 continuation."""
+        header = bytes([(0x80 if fin else 0) | opcode])
         n = len(payload)
         if n < 126:
             header += bytes([0x80 | n])
@@ -54,6 +57,16 @@ class RawClient:
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(header + mask + masked)
+
+    def send_fragmented(self, opcode: int, payload: bytes, cuts: list[int]) -> None:
+        """One message as several frames cut at ``cuts`` (§5.4), with a ping between two
+        of them (control frames may be interleaved)."""
+        bounds = [0, *sorted({c for c in cuts if 0 < c < len(payload)}), len(payload)]
+        parts = [payload[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        for i, part in enumerate(parts):
+            self.send_frame(opcode if i == 0 else 0x0, part, fin=i == len(parts) - 1)
+            if i == 0 and len(parts) > 1:
+                self.send_frame(0x9, b"p")
 
     def send_json(self, message: dict[str, Any]) -> None:
         self.send_text(json.dumps(message))

@@ -9,6 +9,7 @@ writes block soon.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import socket
@@ -62,7 +63,7 @@ class RawClient:
         """One message as several frames cut at ``cuts`` (§5.4), with a ping between two
         of them (control frames may be interleaved)."""
         bounds = [0, *sorted({c for c in cuts if 0 < c < len(payload)}), len(payload)]
-        parts = [payload[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        parts = [payload[a:b] for a, b in itertools.pairwise(bounds)]
         for i, part in enumerate(parts):
             self.send_frame(opcode if i == 0 else 0x0, part, fin=i == len(parts) - 1)
             if i == 0 and len(parts) > 1:

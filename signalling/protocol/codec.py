@@ -93,21 +93,25 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]')
 
 
 def _scan_id(text: str) -> str | None:
-    """The top-level ``id`` of a JSON object, read without recursion."""
-    depth = 0
+    """The top-level ``id`` of a JSON object, read without recursion; None unless the
+    frame's brackets are complete and balanced (a truncated frame is not JSON, so it has no
+    id to answer, however deep it was)."""
+    opened: list[str] = []
     key: str | None = None
     in_value = False
+    found: str | None = None
     for match in _TOKEN.finditer(text):
         token = match.group()
         if token in "{[":
-            if depth == 0 and token != "{":
+            if not opened and (token != "{" or text[: match.start()].strip()):
                 return None
-            depth += 1
+            opened.append("}" if token == "{" else "]")
         elif token in "}]":
-            depth -= 1
-            if depth <= 0:
+            if not opened or opened.pop() != token:
                 return None
-        elif depth != 1:
+            if not opened:  # the top-level object closed: nothing may follow it
+                return found if not text[match.end() :].strip() else None
+        elif len(opened) != 1:
             continue
         elif token == ":":
             in_value = True
@@ -115,8 +119,8 @@ def _scan_id(text: str) -> str | None:
             key, in_value = None, False
         elif not in_value:
             key = token
-        elif key == '"id"':
-            return _request_id(json.loads(token))
+        elif key == '"id"' and found is None:
+            found = _request_id(json.loads(token))
     return None
 
 

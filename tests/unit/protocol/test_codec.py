@@ -62,3 +62,12 @@ def test_lone_surrogate_is_invalid_message_with_the_id() -> None:
 )
 def test_other_garbage_keeps_its_codes(frame: str, code: ErrorCode) -> None:
     assert failure(frame)[0] == code
+
+
+def test_a_truncated_deep_frame_has_no_id_to_answer() -> None:
+    """Found by the long fuzz run: the flat scan took the id of a deep frame cut short."""
+    deep = '{"type":null,"id":"t1","deep":' + "[" * 2000
+    assert failure(deep) == (ErrorCode.INVALID_MESSAGE, None)
+    assert peek_id(deep) is None
+    assert peek_id('{"id":"t2","x":' + "[" * 2000 + "]" * 2000 + "} trailing") is None
+    assert peek_id('{"id":"t3","x":' + "[" * 2000 + "}" * 2000 + "}") is None  # mismatched

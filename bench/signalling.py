@@ -1,0 +1,293 @@
+"""Signalling throughput, latency and memory: the hub's rtc relay between call parties
+against a bare aiohttp relay measured in the same run.
+
+Run: ``.venv/bin/python -m bench.signalling [--pairs 50] [--messages 2000] [--idle 2000]``
+
+Both servers run as their own process (one core each at most on a 2-core machine; the load
+generator, this process, has the other):
+
+- **jalwa**: ``jalwa serve`` on its embedded stores, p2p media, rate and connection limits
+  raised out of the way (auth, validation, routing, presence, the per-session queue and the
+  write-stall timer all stay on). Each pair is a caller and a host in a paid call; callers
+  send ``rtc.ice`` frames, which the hub validates and relays to the host.
+- **bare**: ``bench/bare_relay.py``: accept, JSON-decode, stamp the sender, re-encode, send
+  to the peer. No auth, no validation, no limits. Same frames, same event loop (uvloop).
+
+Measured, in this order, on each server:
+1. **throughput**: every caller sends ``--messages`` frames as fast as its socket takes
+   them; the rate is frames received by the hosts per second, first send to last receipt;
+2. **latency at half load**: callers pace themselves to half the throughput just measured
+   for ``--latency-s`` seconds; each frame carries its send time; p50 and p99 of
+   receipt - send;
+3. **memory per idle connection**: ``--idle`` more connections (authenticated, for jalwa)
+   opened and left idle; the server's RSS growth divided by their number.
+
+Printed: each figure for both servers and jalwa's ratio to bare. Goals (ANCHORS.md):
+>= 50k msg/s and >= 0.65 of the bare relay, p99 <= 10 ms at half load, <= 20 KB per idle
+connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+from tests.integration.services import free_port
+
+JALWA = str(Path(sys.executable).parent / "jalwa")
+CANDIDATE = "candidate:1 1 udp 2122260223 192.0.2.10 54321 typ host"
+
+
+@dataclass
+class Figures:
+    rate: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    idle_kb: float = 0.0
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextmanager
+def jalwa_server(workdir: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "JALWA_AUTH__DEV_KEY_FILE": str(workdir / "dev-key"),
+        "JALWA_MEDIA__MODE": "p2p",
+        "JALWA_LOG_LEVEL": "warning",
+        "JALWA_HUB__RATE_PER_S": "1000000",
+        "JALWA_HUB__RATE_BURST": "1000000",
+        "JALWA_HUB__MAX_CONNECTIONS_PER_IP": "1000000",
+        "JALWA_HUB__CONNECTS_PER_IP_PER_S": "1000000",
+        "JALWA_HUB__CONNECT_BURST_PER_IP": "1000000",
+        "JALWA_HUB__SEND_QUEUE_MAX": "100000",
+        "JALWA_HUB__SEND_QUEUE_MAX_BYTES": str(64 << 20),
+    }
+    proc = subprocess.Popen([JALWA, "serve", "--port", str(port)], env=env)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@contextmanager
+def bare_server() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_relay", "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+Pair = tuple[aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse, str]
+Opener = Callable[[aiohttp.ClientSession, int], Awaitable[Pair]]
+
+
+def jalwa_opener(base: str) -> Opener:
+    async def token(http: aiohttp.ClientSession, user: str, role: str) -> str:
+        credit = "&credit=10000" if role == "caller" else ""
+        resp = await http.get(f"{base}/v1/dev/token?user={user}&role={role}{credit}")
+        value: str = (await resp.json())["token"]
+        return value
+
+    async def open_pair(http: aiohttp.ClientSession, n: int) -> Pair:
+        caller = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'c{n}', 'caller')}")
+        host = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'h{n}', 'host')}")
+        await _until(caller, "welcome")
+        await _until(host, "welcome")
+        await caller.send_json({"type": "call.invite", "id": "i", "to": f"h{n}"})
+        call_id = (await _until(caller, "ack"))["call_id"]
+        await host.send_json({"type": "call.accept", "call_id": call_id})
+        await _until(caller, "call.started")
+        await _until(host, "call.started")
+        return caller, host, call_id
+
+    return open_pair
+
+
+def bare_opener(base: str) -> Opener:
+    async def open_pair(http: aiohttp.ClientSession, n: int) -> Pair:
+        caller = await http.ws_connect(f"{base}/ws?user=c{n}&peer=h{n}")
+        host = await http.ws_connect(f"{base}/ws?user=h{n}&peer=c{n}")
+        return caller, host, f"call-{n}"
+
+    return open_pair
+
+
+async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, object]:
+    while True:
+        frame: dict[str, object] = await ws.receive_json(timeout=10)
+        if frame["type"] == kind:
+            return frame
+
+
+def frame(call_id: str, sent_ns: int) -> str:
+    return (
+        '{"type":"rtc.ice","call_id":"' + call_id + '","candidate":"' + CANDIDATE
+        + f" ts {sent_ns}" + '","sdp_mid":"0","sdp_mline_index":0}'
+    )  # fmt: skip
+
+
+async def throughput(pairs: list[Pair], messages: int) -> float:
+    async def send(caller: aiohttp.ClientWebSocketResponse, call_id: str) -> None:
+        text = frame(call_id, 0)
+        for _ in range(messages):
+            await caller.send_str(text)
+
+    async def receive(host: aiohttp.ClientWebSocketResponse) -> None:
+        for _ in range(messages):
+            await host.receive(timeout=60)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(send(c, cid) for c, _, cid in pairs), *(receive(h) for _, h, _ in pairs))
+    return len(pairs) * messages / (time.perf_counter() - started)
+
+
+async def latency(pairs: list[Pair], rate: float, seconds: float) -> tuple[float, float]:
+    per_pair = rate / len(pairs)
+    count = max(1, int(per_pair * seconds))
+    samples: list[float] = []
+
+    async def send(caller: aiohttp.ClientWebSocketResponse, call_id: str) -> None:
+        start = time.perf_counter()
+        for k in range(count):
+            delay = start + k / per_pair - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await caller.send_str(frame(call_id, time.perf_counter_ns()))
+
+    async def receive(host: aiohttp.ClientWebSocketResponse) -> None:
+        for _ in range(count):
+            msg = await host.receive(timeout=60)
+            sent = int(str(msg.data).split(" ts ", 1)[1].split('"', 1)[0])
+            samples.append((time.perf_counter_ns() - sent) / 1e6)
+
+    await asyncio.gather(*(send(c, cid) for c, _, cid in pairs), *(receive(h) for _, h, _ in pairs))
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+async def idle_memory(base: str, pid: int, idle: int, jalwa: bool) -> float:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        tokens: list[str] = []
+        if jalwa:
+            for n in range(idle):
+                resp = await http.get(f"{base}/v1/dev/token?user=idle{n}&role=caller")
+                tokens.append((await resp.json())["token"])
+        await asyncio.sleep(0.5)
+        before = rss(pid)
+        sockets = []
+        for n in range(idle):
+            url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
+            ws = await http.ws_connect(url, autoping=True)
+            if jalwa:
+                await _until(ws, "welcome")
+            sockets.append(ws)
+        await asyncio.sleep(1.0)
+        grown = rss(pid) - before
+        for ws in sockets:
+            await ws.close()
+        return grown / idle / 1024
+
+
+async def measure(opener: Opener, args: argparse.Namespace) -> Figures:
+    figures = Figures()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        pairs = [await opener(http, n) for n in range(args.pairs)]
+        await throughput(pairs, 50)  # warm up
+        figures.rate = await throughput(pairs, args.messages)
+        figures.p50_ms, figures.p99_ms = await latency(pairs, figures.rate / 2, args.latency_s)
+        for caller, host, _ in pairs:
+            await caller.close()
+            await host.close()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=2000, help="frames per caller")
+    parser.add_argument("--latency-s", type=float, default=3.0)
+    parser.add_argument("--idle", type=int, default=2000, help="idle connections opened")
+    args = parser.parse_args()
+    print(
+        f"cores: {os.cpu_count()}; Python {platform.python_version()}; "
+        f"pairs {args.pairs}, {args.messages} frames each, idle {args.idle}"
+    )
+    results: dict[str, Figures] = {}
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with bare_server() as (base, pid):
+            figures = runner.run(measure(bare_opener(base), args))
+            figures.idle_kb = runner.run(idle_memory(base, pid, args.idle, jalwa=False))
+            results["bare"] = figures
+        with tempfile.TemporaryDirectory() as tmp, jalwa_server(Path(tmp)) as (base, pid):
+            figures = runner.run(measure(jalwa_opener(base), args))
+            figures.idle_kb = runner.run(idle_memory(base, pid, args.idle, jalwa=True))
+            results["jalwa"] = figures
+    bare, ours = results["bare"], results["jalwa"]
+    print()
+    print("| server | relayed msg/s | p50 ms (half load) | p99 ms (half load) | KB per idle conn |")
+    print("|---|---:|---:|---:|---:|")
+    for name, f in results.items():
+        print(f"| {name} | {f.rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.idle_kb:.1f} |")
+    print(
+        f"\njalwa / bare: throughput {ours.rate / bare.rate:.2f} (goal >= 0.65; >= 50k msg/s: "
+        f"{'met' if ours.rate >= 50_000 else 'missed'}), p99 {ours.p99_ms:.1f} ms (goal <= 10: "
+        f"{'met' if ours.p99_ms <= 10 else 'missed'}), idle {ours.idle_kb:.1f} KB (goal <= 20: "
+        f"{'met' if ours.idle_kb <= 20 else 'missed'}; bare {bare.idle_kb:.1f} KB)"
+    )
+
+
+if __name__ == "__main__":
+    main()

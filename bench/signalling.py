@@ -146,7 +146,7 @@ def jalwa_opener(base: str) -> Opener:
         await _until(caller, "welcome")
         await _until(host, "welcome")
         await caller.send_json({"type": "call.invite", "id": "i", "to": f"h{n}"})
-        call_id = (await _until(caller, "ack"))["call_id"]
+        call_id = str((await _until(caller, "ack"))["call_id"])
         await host.send_json({"type": "call.accept", "call_id": call_id})
         await _until(caller, "call.started")
         await _until(host, "call.started")

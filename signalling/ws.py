@@ -14,6 +14,7 @@ from .session import Session
 from .settings import HubSettings
 
 CLOSE_TIMEOUT_S = 2.0
+UNTIMED_FRAME_BYTES = 16384  # below the transport's high-water mark: cannot block alone
 
 
 def bearer_token(request: web.Request) -> str:
@@ -84,9 +85,20 @@ async def _serve(
         finally:
             # Even if the store failed during disconnect: stop the writer, free the socket.
             session.close(CloseCode.NORMAL, "")
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await _stop(pump, request)
     return ws
+
+
+async def _stop(pump: asyncio.Task[None], request: web.Request) -> None:
+    """Let the writer send what is queued and close; one stuck on a client that reads
+    nothing (the ping failed, aiohttp closed gracefully into full buffers) is cut."""
+    done, _ = await asyncio.wait({pump}, timeout=CLOSE_TIMEOUT_S + 1)
+    if not done:
+        pump.cancel()
+        if request.transport is not None:
+            request.transport.abort()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pump
 
 
 async def _pump(
@@ -97,18 +109,22 @@ async def _pump(
     A client that stops reading fills the socket's buffers until a write blocks: if no
     frame goes out for ``send_timeout_s`` while frames wait, the client is dropped like a
     lost connection (its calls wait for it, it shows offline), and the queue with it."""
-    loop = asyncio.get_running_loop()
+    transport = request.transport
     try:
         while session.close_code is None:
             await session.wait()
-            async with asyncio.timeout(send_timeout_s) as deadline:
-                renewed = loop.time()
-                while (frame := session.pop()) is not None:
+            while (frame := session.pop()) is not None:
+                if transport is not None and (
+                    transport.get_write_buffer_size() or len(frame) > UNTIMED_FRAME_BYTES
+                ):
+                    # The socket is behind (or the frame alone could fill it): this write
+                    # may wait for the client to read, so it gets a deadline.
+                    async with asyncio.timeout(send_timeout_s):
+                        await ws.send_frame(frame, WSMsgType.TEXT)
+                else:
+                    # Nothing is pending: the write goes straight to the kernel. No timer on
+                    # the hot path.
                     await ws.send_frame(frame, WSMsgType.TEXT)
-                    # Progress moves the deadline; at most once a second, not per frame.
-                    if (now := loop.time()) - renewed > 1.0:
-                        deadline.reschedule(now + send_timeout_s)
-                        renewed = now
     except TimeoutError:
         session.abort(f"not reading: no frame taken for {send_timeout_s:g} s")
     except ConnectionError:

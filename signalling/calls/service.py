@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from ..auth import Identity, user_info
 from ..clock import Clock
 from ..cluster.bus import EndCall
@@ -111,14 +113,7 @@ class Calls:
         # The user is back: their call (if any) stops waiting for them (§3, §5.4).
         call = self.book.party_back(session.user_id)
         info = self._call_info(call, session.user_id) if call is not None else None
-        return Welcome(
-            session_id=welcome.session_id,
-            user=welcome.user,
-            heartbeat_s=welcome.heartbeat_s,
-            ice_servers=welcome.ice_servers,
-            media=self._media,
-            call=info,
-        )
+        return msgspec.structs.replace(welcome, media=self._media, call=info)
 
     async def _left(self, session: Session, how: Departure) -> None:
         if how is Departure.REPLACED_HERE:

@@ -48,6 +48,7 @@ import aiohttp
 import uvloop
 
 from tests.integration.services import free_port
+from tests.wsutil import recv
 
 JALWA = str(Path(sys.executable).parent / "jalwa")
 CANDIDATE = "candidate:1 1 udp 2122260223 192.0.2.10 54321 typ host"
@@ -143,13 +144,13 @@ def jalwa_opener(base: str) -> Opener:
     async def open_pair(http: aiohttp.ClientSession, n: int) -> Pair:
         caller = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'c{n}', 'caller')}")
         host = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'h{n}', 'host')}")
-        await _until(caller, "welcome")
-        await _until(host, "welcome")
+        await recv(caller, "welcome", within_s=10)
+        await recv(host, "welcome", within_s=10)
         await caller.send_json({"type": "call.invite", "id": "i", "to": f"h{n}"})
-        call_id = str((await _until(caller, "ack"))["call_id"])
+        call_id = str((await recv(caller, "ack", within_s=10))["call_id"])
         await host.send_json({"type": "call.accept", "call_id": call_id})
-        await _until(caller, "call.started")
-        await _until(host, "call.started")
+        await recv(caller, "call.started", within_s=10)
+        await recv(host, "call.started", within_s=10)
         return caller, host, call_id
 
     return open_pair
@@ -162,13 +163,6 @@ def bare_opener(base: str) -> Opener:
         return caller, host, f"call-{n}"
 
     return open_pair
-
-
-async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, object]:
-    while True:
-        frame: dict[str, object] = await ws.receive_json(timeout=10)
-        if frame["type"] == kind:
-            return frame
 
 
 def frame(call_id: str, sent_ns: int) -> str:
@@ -231,7 +225,7 @@ async def idle_memory(base: str, pid: int, idle: int, jalwa: bool) -> float:
             url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
             ws = await http.ws_connect(url, autoping=True)
             if jalwa:
-                await _until(ws, "welcome")
+                await recv(ws, "welcome", within_s=10)
             sockets.append(ws)
         await asyncio.sleep(1.0)
         grown = rss(pid) - before

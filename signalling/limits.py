@@ -80,9 +80,6 @@ class ConnectionLimiter:
         )
         return None if bucket.allow() else "reconnecting too often"
 
-    def open_connections(self, address: str) -> int:
-        return self._open.get(address, 0)
-
     def prune(self) -> None:
         """Forget buckets that are full again: they would admit as a new one does."""
         for table in (self._ip_rate, self._user_rate):

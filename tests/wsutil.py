@@ -8,15 +8,26 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from aiohttp.test_utils import TestClient
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
-    """Next frame of this type (frames of other types are skipped); fails after 5 s."""
-    async with asyncio.timeout(5):
+async def recv(
+    ws: aiohttp.ClientWebSocketResponse, kind: str, *, within_s: float = 5.0
+) -> dict[str, Any]:
+    """Next frame of this type (frames of other types are skipped); fails after
+    ``within_s`` seconds."""
+    async with asyncio.timeout(within_s):
         while True:
             frame: dict[str, Any] = await ws.receive_json()
             if frame["type"] == kind:
                 return frame
+
+
+async def connect(client: TestClient[Any, Any], token: str) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket session on the test server, past its welcome."""
+    ws = await client.ws_connect(f"/v1/ws?token={token}")
+    await recv(ws, "welcome")
+    return ws
 
 
 async def until(

@@ -92,8 +92,6 @@ async def json_errors(
         code = _HTTP_CODES.get(exc.status, "http_error")
         text = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return _error(exc.status, code, text or exc.reason)
-    except BadQuery as exc:
-        return _error(exc.status, exc.code, exc.message)
     except Exception:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise  # the socket has its own close codes; there is no HTTP reply left to send
@@ -128,8 +126,6 @@ def authed(
                 return _error(400, "invalid_request", str(exc))
             except msgspec.DecodeError as exc:
                 return _error(400, "invalid_request", f"body is not valid JSON: {exc}")
-            except BadQuery as exc:
-                return _error(exc.status, exc.code, exc.message)
             except web.HTTPException:
                 raise  # aiohttp's own (413, ...): json_errors words them
             except Exception:

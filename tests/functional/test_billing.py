@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -14,7 +13,7 @@ from signalling.app import create_app
 from signalling.http.rest import SIGNATURE_HEADER
 from signalling.keys import LEDGER
 from tests.conftest import MakeSettings, MakeToken
-from tests.wsutil import recv
+from tests.wsutil import connect, recv
 
 AiohttpClient = Any
 RECHARGE_SECRET = "r" * 32
@@ -51,12 +50,6 @@ async def credit(
         headers=auth(admin),
     )
     assert resp.status == 200, await resp.text()
-
-
-async def connect(client: TestClient[Any, Any], token: str) -> aiohttp.ClientWebSocketResponse:
-    ws = await client.ws_connect(f"/v1/ws?token={token}")
-    await recv(ws, "welcome")
-    return ws
 
 
 async def test_call_is_billed_per_minute_until_money_runs_out(

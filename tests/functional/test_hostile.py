@@ -11,22 +11,15 @@ from typing import Any
 import aiohttp
 import jwt
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient
 
 from signalling.app import create_app
 from signalling.calls.hooks import FreeCalls
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
 from tests.rawws import RawClient
-from tests.wsutil import recv
+from tests.wsutil import connect, recv
 
 AiohttpClient = Any
-
-
-async def connect(client: TestClient[Any, Any], token: str) -> aiohttp.ClientWebSocketResponse:
-    ws = await client.ws_connect(f"/v1/ws?token={token}")
-    await recv(ws, "welcome")
-    return ws
 
 
 async def test_frame_caps_at_their_exact_boundaries(

@@ -8,7 +8,6 @@ import hmac
 import time
 from typing import Any
 
-import aiohttp
 import jwt
 import pytest
 from aiohttp import WSMsgType
@@ -18,15 +17,9 @@ from signalling.app import create_app
 from signalling.calls.hooks import FreeCalls
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
-from tests.wsutil import recv
+from tests.wsutil import connect, recv
 
 AiohttpClient = Any
-
-
-async def connect(client: TestClient[Any, Any], token: str) -> aiohttp.ClientWebSocketResponse:
-    ws = await client.ws_connect(f"/v1/ws?token={token}")
-    await recv(ws, "welcome")
-    return ws
 
 
 @pytest.fixture

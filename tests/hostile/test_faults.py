@@ -35,14 +35,6 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def frame_of(ws: aiohttp.ClientWebSocketResponse, kind: str, within_s: float) -> Any:
-    async with asyncio.timeout(within_s):
-        while True:
-            frame = await ws.receive_json()
-            if frame["type"] == kind:
-                return frame
-
-
 async def test_database_away_mid_call_ends_it_and_bills_only_what_was_used(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
 ) -> None:
@@ -80,7 +72,7 @@ async def test_database_away_mid_call_ends_it_and_bills_only_what_was_used(
             assert wallet.status == 503 and (await wallet.json())["error"] == "unavailable"
             await alice.send_json({"type": "presence.update", "id": "p", "status": "busy"})
             assert (await recv(alice, "ack"))["id"] == "p"  # what does not need it goes on
-            ended = await frame_of(bob, "call.ended", within_s=10)
+            ended = await recv(bob, "call.ended", within_s=10)
             assert ended["reason"] == "billing_unavailable"
             ended_after = time.monotonic() - started
             await asyncio.sleep(2)  # the outage goes on after the call ended
@@ -200,7 +192,7 @@ async def test_mongo_away_while_chatting_loses_no_acknowledged_message(
             num = client_msg_id[1:]
             retry = {"type": "chat.send", "id": f"r{num}", "to": "bob", "text": f"hello {num}"}
             await alice.send_json({**retry, "client_msg_id": client_msg_id})
-            assert (await frame_of(alice, "ack", within_s=15))["id"] == f"r{num}"
+            assert (await recv(alice, "ack", within_s=15))["id"] == f"r{num}"
             acked.append(client_msg_id)
         # Bob connects afterwards (a client that reads nothing for a minute is dropped).
         bob = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))

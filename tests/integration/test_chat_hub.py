@@ -17,7 +17,7 @@ from signalling.calls.hooks import FreeCalls
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
 from tests.integration.services import require_mongo
-from tests.wsutil import recv
+from tests.wsutil import connect, recv
 
 AiohttpClient = Any
 Start = Callable[[], Any]
@@ -43,12 +43,6 @@ async def chat_settings(
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, chat_settings: Settings) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(chat_settings, hooks=FreeCalls()))  # type: ignore[no-any-return]
-
-
-async def connect(client: TestClient[Any, Any], token: str) -> aiohttp.ClientWebSocketResponse:
-    ws = await client.ws_connect(f"/v1/ws?token={token}")
-    await recv(ws, "welcome")
-    return ws
 
 
 async def send(

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from turn.credentials import ice_servers as turn_ice_servers
 
 from .auth import Identity, Role, TokenVerifier, load_keys, mint_token
 from .calls.billing import HubBillingEvents, LedgerHooks
+from .calls.directory import CallDirectory, MemoryCallDirectory
+from .calls.directory_redis import RedisCallDirectory
 from .calls.gifts import Gifts
 from .calls.hooks import CallHooks
 from .calls.relay import MediaServer
@@ -164,6 +167,7 @@ def _hub_context(
         settings, clock = app[SETTINGS], app[CLOCK]
         client: aioredis.Redis | None = None
         presence: PresenceStore
+        directory: CallDirectory
         router: Router = LocalRouter()
         if settings.redis_url is not None:
             client = aioredis.from_url(settings.redis_url)
@@ -176,7 +180,11 @@ def _hub_context(
                 node_ttl_s=settings.presence.node_ttl_s,
             )
             router = RedisRouter(client, settings.node_id, prefix=settings.presence.key_prefix)
+            directory = RedisCallDirectory(
+                client, prefix=settings.presence.key_prefix, ttl_s=settings.presence.node_ttl_s
+            )
         else:
+            directory = MemoryCallDirectory(clock, ttl_s=settings.presence.node_ttl_s)
             presence = MemoryPresence(
                 MemoryWorld(clock),
                 settings.node_id,
@@ -188,6 +196,7 @@ def _hub_context(
         wings = assemble(
             settings.hub,
             presence,
+            directory,
             clock=clock,
             hooks=hooks or ledger_hooks,
             router=router,
@@ -199,7 +208,7 @@ def _hub_context(
         hub, calls_wing, presence_wing = wings.hub, wings.calls, wings.presence
         assert wings.chat is not None
         chat = wings.chat
-        Gifts(hub, calls_wing.book, app[LEDGER], settings.billing).install()
+        Gifts(hub, calls_wing.active_peer, app[LEDGER], settings.billing).install()
         app[HUB], app[CALLS], app[PRESENCE], app[CHAT] = hub, calls_wing, presence_wing, chat
         if sfu is not None:
             sfu.on_media_failed = calls_wing.media_failed
@@ -214,6 +223,7 @@ def _hub_context(
         tasks = [
             asyncio.create_task(calls_wing.run_timers()),
             asyncio.create_task(_every(beat_every, presence_wing.beat, "presence beat")),
+            asyncio.create_task(_every(beat_every, calls_wing.beat, "call directory beat")),
             asyncio.create_task(billing_loop.run()),
         ]
         if settings.billing.orphan_after_s > 0:
@@ -252,6 +262,7 @@ class Wings:
 def assemble(
     hub_settings: HubSettings,
     presence: PresenceStore,
+    directory: CallDirectory | None = None,
     *,
     clock: Clock,
     hooks: CallHooks,
@@ -287,6 +298,9 @@ def assemble(
         settings=hub_settings,
         clock=clock,
         hooks=hooks,
+        # One process alone (unit tests) never loses its calls: they need no refresh.
+        directory=directory or MemoryCallDirectory(clock, ttl_s=math.inf),
+        nodes_alive=presence.nodes_alive,
         media_server=media_server,
         record_policy=record_policy,
         refresh_presence=presence_wing.refresh,

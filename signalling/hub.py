@@ -16,7 +16,7 @@ from .auth import Identity, Role, user_info
 from .clock import Clock
 from .cluster.bus import CloseSession, LocalRouter, NodeMessage, Router, UserFrame
 from .errors import JalwaError
-from .port import Departure, Handler, Located
+from .port import ANSWERED, Departure, Handler, Located
 from .protocol import (
     Ack,
     ClientMessage,
@@ -36,7 +36,7 @@ from .settings import HubSettings
 
 SessionCallback = Callable[[Session], Awaitable[None]]
 LeaveCallback = Callable[[Session, Departure], Awaitable[None]]
-WelcomePart = Callable[[Session, Welcome], Welcome]
+WelcomePart = Callable[[Session, Welcome], Awaitable[Welcome]]
 NodeHandler = Callable[[Any], Awaitable[None]]
 
 
@@ -181,10 +181,10 @@ class Hub:
             ice_servers=self._ice_servers(uid),
             media="p2p",
         )
-        for part in self._welcome_parts:
-            welcome = part(session, welcome)
-        session.send(welcome)
         try:
+            for part in self._welcome_parts:
+                welcome = await part(session, welcome)
+            session.send(welcome)
             for joined in self._on_join:
                 await joined(session)
         except Exception:
@@ -266,8 +266,8 @@ class Hub:
             )
             self._error(session, ErrorCode.UNAVAILABLE, "try again shortly", message.id)
             return
-        if message.id is not None:
-            session.send(reply if reply is not None else Ack(id=message.id))
+        if message.id is not None and reply is not ANSWERED:
+            session.send(reply if isinstance(reply, Ack) else Ack(id=message.id))
         for effect in effects:
             try:
                 await effect.run()

@@ -24,9 +24,18 @@ class Effect(Protocol):
     async def run(self) -> None: ...
 
 
+class Answered(enum.Enum):
+    """The handler has answered the request itself (e.g. the call's node on another node
+    did, through the bus): the hub sends no ack."""
+
+    ANSWERED = "answered"
+
+
+ANSWERED = Answered.ANSWERED
+
 # A handler returns its reply (None: a plain ack) and the effects to run after the reply,
 # so the requester hears its ack (with the call id) before the events it causes.
-Outcome = tuple[Ack | None, list[Effect]]
+Outcome = tuple[Ack | Answered | None, list[Effect]]
 Handler = Callable[[Session, Any], Awaitable[Outcome]]
 DONE: Outcome = (None, [])
 
@@ -54,6 +63,8 @@ class Located(Protocol):
     @property
     def role(self) -> str: ...
     @property
+    def status(self) -> str: ...
+    @property
     def name(self) -> str: ...
 
 
@@ -64,7 +75,7 @@ class HubPort(Protocol):
     def register(self, kind: type[ClientMessage], handler: Handler) -> None:
         """Handle this client message type (one handler per type)."""
 
-    def on_welcome(self, part: Callable[[Session, Welcome], Welcome]) -> None:
+    def on_welcome(self, part: Callable[[Session, Welcome], Awaitable[Welcome]]) -> None:
         """Add to a session's ``welcome`` before it is sent (e.g. the call it is in)."""
 
     def on_join(self, callback: Callable[[Session], Awaitable[None]]) -> None:

@@ -137,7 +137,9 @@ class PresenceSettings(Section):
     """Presence keys: per-user status keys and a per-node liveness key, both with TTLs."""
 
     ttl_s: int = Field(15, ge=2, description="a user's presence expires this long after a crash")
-    node_ttl_s: int = Field(10, ge=2, description="a node is dead this long after its last beat")
+    node_ttl_s: int = Field(
+        5, ge=2, description="a node (and the calls it runs) is dead this long after its last beat"
+    )
     key_prefix: str = Field("jalwa", description="prefix of every Redis key")
 
 

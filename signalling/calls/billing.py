@@ -121,6 +121,13 @@ class LedgerHooks:
             return EndFigures()
         return EndFigures(minutes=totals.minutes, coins=totals.coins)
 
+    async def figures(self, call_id: str, payer: str) -> EndFigures:
+        # The payer is in one call at a time, so theirs is among their latest few.
+        for record in await self._ledger.calls(payer, limit=5, before=None):
+            if record.call_id == call_id:
+                return EndFigures(minutes=record.minutes, coins=record.coins)
+        return EndFigures()
+
     async def _close_later(self, call_id: str) -> None:
         for delay in CLOSE_RETRY_S:
             await asyncio.sleep(delay)
@@ -180,10 +187,12 @@ class HubBillingEvents:
                 await self._calls.end_call(call.call_id, EndReason.BILLING_UNAVAILABLE)
 
     async def out_of_money(self, stop: Stop) -> None:
-        # Any node's loop may bill the call; the call itself runs on its parties' node.
-        await self._calls.end_call_anywhere(
-            stop.call_id, EndReason(stop.reason), stop.payer, stop.host
-        )
+        # Any node's loop may bill the call; the call itself runs on its owner node. One
+        # that runs nowhere any more (its node died) is settled: its parties are told here.
+        reason = EndReason(stop.reason)
+        if not await self._calls.end_call_anywhere(stop.call_id, reason):
+            figures = EndFigures(minutes=stop.minutes, coins=stop.coins)
+            await self._calls.tell_ended(stop.call_id, reason, figures, (stop.payer, stop.host))
 
     async def keep_calls_alive(self, ledger: CallBilling) -> None:
         """Tell the ledger this node still runs its calls (see BillingSettings.orphan_after_s)."""

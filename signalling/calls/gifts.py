@@ -3,6 +3,7 @@ or not. The ledger makes it exactly-once per idempotency key; a replay notifies 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from billing.errors import BillingError
@@ -15,7 +16,6 @@ from ..port import HubPort, Outcome
 from ..protocol import Ack, ErrorCode, GiftReceived, GiftSend, WalletBalance
 from ..session import Session
 from .billing import protocol_error
-from .machine import CallBook
 
 
 class GiftLedger(Catalog, Wallets, Protocol):
@@ -26,10 +26,14 @@ class Gifts:
     """``gift.send`` (docs/protocol.md §5.7): a caller pays a host for a catalog gift."""
 
     def __init__(
-        self, port: HubPort, book: CallBook, ledger: GiftLedger, settings: BillingSettings
+        self,
+        port: HubPort,
+        active_peer: Callable[[str, str], Identity],
+        ledger: GiftLedger,
+        settings: BillingSettings,
     ) -> None:
         self._port = port
-        self._book = book
+        self._active_peer = active_peer  # (user, call id) -> the peer, wherever the call runs
         self._ledger = ledger
         self._settings = settings
 
@@ -74,8 +78,7 @@ class Gifts:
     async def _receiver(self, session: Session, msg: GiftSend) -> Identity:
         """The host the gift is for: the peer of the named call, or any online host."""
         if msg.call_id is not None:
-            call = self._book.require_active(session.user_id, msg.call_id)
-            receiver = call.peer_of(session.user_id)
+            receiver = self._active_peer(session.user_id, msg.call_id)
             if receiver.user_id != msg.to:
                 raise CallError(f"{msg.to} is not in call {msg.call_id}", code=ErrorCode.FORBIDDEN)
         else:

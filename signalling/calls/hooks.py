@@ -49,6 +49,9 @@ class CallHooks(Protocol):
 
     async def call_ended(self, call: Call) -> EndFigures: ...
 
+    async def figures(self, call_id: str, payer: str) -> EndFigures:
+        """What the call has cost so far (a call whose node died, ended elsewhere)."""
+
 
 class FreeCalls:
     """Hooks for a hub without billing: nothing is charged and there are no gifts."""
@@ -60,4 +63,7 @@ class FreeCalls:
         return StartTerms()
 
     async def call_ended(self, call: Call) -> EndFigures:
+        return EndFigures()
+
+    async def figures(self, call_id: str, payer: str) -> EndFigures:
         return EndFigures()

@@ -195,6 +195,15 @@ class CallBook:
             Deliver(caller.user_id, CallRinging(call_id=call.call_id, callee=user_info(callee))),
         ]
 
+    def withdraw(self, call_id: str) -> None:
+        """Forget a call just invited, before anyone heard of it (another node holds one of
+        the parties). Its ring timer finds nothing when it fires."""
+        call = self._calls.pop(call_id, None)
+        if call is not None:
+            for uid in call.parties():
+                if self._by_user.get(uid) is call:
+                    del self._by_user[uid]
+
     def check_invite(self, caller: Identity, callee: Identity, *, callee_status: str) -> None:
         """Raise the CallError an invite would raise now; nothing changes."""
         if caller.user_id == callee.user_id:

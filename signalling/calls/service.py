@@ -2,6 +2,13 @@
 machine (frames, billing hooks, media), timers, and ending calls from outside (billing,
 admin, the media watchdog, other nodes, shutdown).
 
+A call runs on one node, its owner: the node where it was invited. Its other party may be
+connected to any node (docs/architecture.md, "calls across nodes"): the owner keeps where
+each party is (``_where``) and sends them frames through the bus; a party's node keeps the
+calls its users are in elsewhere (``_remote``), forwards their call messages to the owner
+(forward.py) and tells it when they come and go. The call directory (directory.py) is what
+every node reads to know who is in a call.
+
 The state machine (machine.py) decides; this module only carries its effects out.
 """
 
@@ -12,10 +19,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
-from ..auth import Identity, user_info
+from ..auth import Identity, Role, user_info
 from ..clock import Clock
 from ..cluster.bus import EndCall
 from ..errors import CallError
@@ -31,6 +39,7 @@ from ..protocol import (
     CallInvite,
     CallReject,
     CallStarted,
+    ClientMessage,
     EndReason,
     ErrorCode,
     MediaMode,
@@ -39,11 +48,19 @@ from ..protocol import (
 )
 from ..session import Session
 from ..settings import HubSettings
+from .directory import CallDirectory
+from .forward import Forwarder, Op
 from .hooks import CallHooks, CallRefused, EndFigures
 from .machine import Call, CallBook, CallState, Deliver, Effect, Ended, Started, payer_and_host
-from .relay import MediaServer, RtcRelay
+from .parties import NodesAlive, Parties
+from .relay import MediaServer, Reply, RtcRelay
 
 InviteGuard = Callable[[Identity, Identity], Awaitable[None]]
+_SHOWN: dict[str, ShownStatus] = {
+    "available": "available",
+    "busy": "busy",
+    "away": "away",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +82,8 @@ class Calls:
         settings: HubSettings,
         clock: Clock,
         hooks: CallHooks,
+        directory: CallDirectory,
+        nodes_alive: NodesAlive,
         media_server: MediaServer | None = None,
         record_policy: str = "off",
         refresh_presence: Callable[[str], Awaitable[None]] | None = None,
@@ -90,37 +109,79 @@ class Calls:
             on_new_deadline=self._timer_moved.set,
             **({"new_call_id": new_call_id} if new_call_id is not None else {}),
         )
-        self._relay = RtcRelay(port, self.book, media_server, records=self._records)
+        self.parties = Parties(
+            port,
+            self.book,
+            directory,
+            nodes_alive=nodes_alive,
+            figures=hooks.figures,
+            refresh=refresh_presence,
+            logger=self._log,
+        )
+        self.directory = directory
+        self._forwarder = Forwarder(port)
+        send = self.parties.send
+        self._relay = RtcRelay(port, self.book, media_server, send=send, records=self._records)
+        self._ops: dict[type[ClientMessage], Op] = {
+            CallAccept: self._accept,
+            CallReject: self._reject,
+            CallCancel: self._cancel,
+            CallEnd: self._end,
+            **{kind: self._relay.relay for kind in self._relay.kinds},
+        }
 
     def install(self) -> None:
         port = self._port
         port.register(CallInvite, self._invite)
-        port.register(CallAccept, self._accept)
-        port.register(CallReject, self._reject)
-        port.register(CallCancel, self._cancel)
-        port.register(CallEnd, self._end)
-        self._relay.install()
+        for kind, op in self._ops.items():
+            port.register(kind, self._routed(op))
         port.on_welcome(self._welcome)
+        port.on_connect(self.parties.notices)
         port.on_leave(self._left)
         port.on_node_message(EndCall, self._end_from_other_node)
+        self.parties.install(self._lost)
+        self._forwarder.install(self._ops.get, self.carry_out)
 
     def in_call(self, user_id: str) -> bool:
-        return self.book.call_of(user_id) is not None
+        return (
+            self.book.call_of(user_id) is not None or self.parties.remote_call(user_id) is not None
+        )
+
+    def active_peer(self, user_id: str, call_id: str) -> Identity:
+        """The other party of ``user_id``'s active call ``call_id``, wherever it runs."""
+        remote = self.parties.remote_call(user_id)
+        if remote is not None and remote.call_id == call_id and self.book.get(call_id) is None:
+            if remote.state != "active":
+                raise CallError(f"call {call_id} is ringing", code=ErrorCode.INVALID_STATE)
+            return remote.peer_of(user_id).identity()
+        return self.book.require_active(user_id, call_id).peer_of(user_id)
 
     # --- the session lifecycle ----------------------------------------------------------
 
-    def _welcome(self, session: Session, welcome: Welcome) -> Welcome:
+    async def _welcome(self, session: Session, welcome: Welcome) -> Welcome:
         # The user is back: their call (if any) stops waiting for them (§3, §5.4).
-        call = self.book.party_back(session.user_id)
-        info = self._call_info(call, session.user_id) if call is not None else None
+        uid = session.user_id
+        call = self.book.party_back(uid)
+        if call is not None:
+            self.parties.joined(uid, (self._port.node_id, session.session_id))
+            info: CallInfo | None = self._call_info(call, uid)
+        else:
+            info = await self.parties.welcome(session)  # a call another node runs
         return msgspec.structs.replace(welcome, media=self._media, call=info)
 
     async def _left(self, session: Session, how: Departure) -> None:
         if how is Departure.REPLACED_HERE:
             return  # the newer session here carries the call on
         # Its call waits out the grace period like any lost party's (also when the user
-        # moved to another node, or could not join after the welcome gave the call back).
-        await self.carry_out(self.book.party_lost(session.user_id, now=self._clock.monotonic()))
+        # moved to another node, whose welcome brings it back, or could not join).
+        uid = session.user_id
+        if self.book.call_of(uid) is None:
+            await self.parties.left(session)
+        elif self.parties.is_current(uid, session.session_id):
+            await self._lost(uid)
+
+    async def _lost(self, user_id: str) -> None:
+        await self.carry_out(self.book.party_lost(user_id, now=self._clock.monotonic()))
 
     def _call_info(self, call: Call, user_id: str) -> CallInfo:
         return CallInfo(
@@ -133,10 +194,12 @@ class Calls:
     # --- handlers (§5) ------------------------------------------------------------------
 
     async def _invite(self, session: Session, msg: CallInvite) -> Outcome:
-        callee, status = await self._callee(msg.to)
+        callee, status, where = await self._callee(msg.to)
         payer, host = payer_and_host(session.identity, callee)
         # Validate before asking billing, so a self-call is not reported as "no money".
         self.book.check_invite(session.identity, callee, callee_status=status)
+        if self.parties.remote_call(session.user_id) is not None:
+            raise CallError("you are already in a call", code=ErrorCode.ALREADY_IN_CALL)
         for guard in self._guards:
             await guard(session.identity, callee)
         await self._hooks.check_invite(payer, host)
@@ -147,41 +210,68 @@ class Calls:
             now=self._clock.monotonic(),
             record=msg.record,
         )
+        entry = self.parties.entry(call)
+        try:
+            # Atomic across nodes: neither party may be in a call another node runs.
+            busy = await self.directory.claim(entry)
+        except Exception:
+            self.book.withdraw(call.call_id)
+            raise
+        if busy is not None:
+            self.book.withdraw(call.call_id)
+            if busy == session.user_id:
+                raise CallError("you are already in a call", code=ErrorCode.ALREADY_IN_CALL)
+            raise CallError(f"{callee.user_id} is busy", code=ErrorCode.CALLEE_BUSY)
+        self.parties.joined(session.user_id, (self._port.node_id, session.session_id))
+        self.parties.joined(callee.user_id, where)
+        await self.parties.tell(entry, in_call=True)
         await self._republish(call)
         reply = Ack(id=msg.id, call_id=call.call_id) if msg.id is not None else None
         return reply, [_Run(self, effects)]
 
-    async def _callee(self, user_id: str) -> tuple[Identity, ShownStatus]:
+    async def _callee(self, user_id: str) -> tuple[Identity, ShownStatus, tuple[str, str]]:
+        """Who the callee is, their shown status, and the (node, session) they are on."""
         session = self._port.session_of(user_id)
         if session is not None:
-            return session.identity, "busy" if self.in_call(user_id) else session.status
+            status: ShownStatus = "busy" if self.in_call(user_id) else session.status
+            return session.identity, status, (self._port.node_id, session.session_id)
         pending = self.book.call_of(user_id)
         if pending is not None:  # disconnected but within the grace period
-            return pending.party(user_id), "busy"
-        records = await self._port.locate([user_id])
-        if user_id in records and records[user_id].node_id != self._port.node_id:
-            raise CallError(
-                f"{user_id} is connected to another node; cross-node calls are not supported yet",
-                code=ErrorCode.CALLEE_UNREACHABLE,
-            )
-        raise CallError(f"{user_id} is offline", code=ErrorCode.CALLEE_OFFLINE)
+            return pending.party(user_id), "busy", ("", "")
+        record = (await self._port.locate([user_id])).get(user_id)
+        if record is None:
+            entry = (await self.directory.of_users([user_id])).get(user_id)
+            if entry is not None:  # between connections, in a call another node runs
+                return entry.party(user_id).identity(), "busy", ("", "")
+            raise CallError(f"{user_id} is offline", code=ErrorCode.CALLEE_OFFLINE)
+        identity = Identity(record.user_id, Role(record.role), record.name)
+        return identity, _SHOWN.get(record.status, "offline"), (record.node_id, record.session_id)
 
-    async def _accept(self, session: Session, msg: CallAccept) -> Outcome:
+    def _routed(self, op: Op) -> Callable[[Session, Any], Awaitable[Outcome]]:
+        """The handler of a call message: run here, or on the node that owns the call."""
+
+        async def handle(session: Session, msg: Any) -> Outcome:
+            remote = self.parties.remote_call(session.user_id)
+            here = self.book.get(msg.call_id) is not None
+            if remote is not None and remote.call_id == msg.call_id and not here:
+                return await self._forwarder.ask(session, remote.owner, msg)
+            effects = await op(session.user_id, msg, session.send)
+            return None, [_Run(self, effects)]
+
+        return handle
+
+    async def _accept(self, user_id: str, msg: CallAccept, reply: Reply) -> Sequence[Effect]:
         now = self._clock.monotonic()
-        effects = self.book.accept(session.user_id, msg.call_id, now=now, record=msg.record)
-        return None, [_Run(self, effects)]
+        return self.book.accept(user_id, msg.call_id, now=now, record=msg.record)
 
-    async def _reject(self, session: Session, msg: CallReject) -> Outcome:
-        effects = self.book.reject(session.user_id, msg.call_id, now=self._clock.monotonic())
-        return None, [_Run(self, effects)]
+    async def _reject(self, user_id: str, msg: CallReject, reply: Reply) -> Sequence[Effect]:
+        return self.book.reject(user_id, msg.call_id, now=self._clock.monotonic())
 
-    async def _cancel(self, session: Session, msg: CallCancel) -> Outcome:
-        effects = self.book.cancel(session.user_id, msg.call_id, now=self._clock.monotonic())
-        return None, [_Run(self, effects)]
+    async def _cancel(self, user_id: str, msg: CallCancel, reply: Reply) -> Sequence[Effect]:
+        return self.book.cancel(user_id, msg.call_id, now=self._clock.monotonic())
 
-    async def _end(self, session: Session, msg: CallEnd) -> Outcome:
-        effects = self.book.hang_up(session.user_id, msg.call_id, now=self._clock.monotonic())
-        return None, [_Run(self, effects)]
+    async def _end(self, user_id: str, msg: CallEnd, reply: Reply) -> Sequence[Effect]:
+        return self.book.hang_up(user_id, msg.call_id, now=self._clock.monotonic())
 
     def _records(self, call: Call) -> bool:
         """Record this call? Always, never, or when both parties asked (opt_in)."""
@@ -197,16 +287,21 @@ class Calls:
         await self.carry_out(effects)
         return bool(effects)
 
-    async def end_call_anywhere(self, call_id: str, reason: EndReason, *parties: str) -> bool:
-        """End a call here, or on the node of one of its ``parties`` (the node that runs it;
-        a party in its grace period has no presence, so every party is tried)."""
+    async def end_call_anywhere(self, call_id: str, reason: EndReason) -> bool:
+        """End a call wherever it runs; False if it runs nowhere (or its node died)."""
         if await self.end_call(call_id, reason):
             return True
-        records = await self._port.locate(parties)
-        nodes = {r.node_id for r in records.values()} - {self._port.node_id}
-        for node in nodes:
-            await self._port.to_node(node, EndCall(call_id=call_id, reason=reason.value))
-        return bool(nodes)
+        entry = await self.directory.by_id(call_id)
+        if entry is not None and entry.owner != self._port.node_id:
+            await self._port.to_node(entry.owner, EndCall(call_id=call_id, reason=reason.value))
+            return True
+        return False
+
+    async def tell_ended(
+        self, call_id: str, reason: EndReason, figures: EndFigures, parties: Iterable[str]
+    ) -> None:
+        """A call no node runs any more ended (the ledger found it orphaned)."""
+        await self.parties.tell_ended(call_id, reason, figures, parties)
 
     async def _end_from_other_node(self, message: EndCall) -> None:
         await self.end_call(message.call_id, EndReason(message.reason))
@@ -216,6 +311,10 @@ class Calls:
         renegotiated) within ``media.connect_timeout_s``. Billing stops with the call."""
         self._log.warning("call %s: media of %s failed, ending the call", call_id, party)
         await self.end_call(call_id, EndReason.MEDIA_FAILED)
+
+    async def beat(self) -> None:
+        """With the presence beat: the directory and the calls of dead nodes (parties.py)."""
+        await self.parties.beat(self.end_call)
 
     async def tick(self) -> None:
         """Fire due timers (ring timeouts, peer-lost grace periods)."""
@@ -253,7 +352,7 @@ class Calls:
     async def carry_out(self, effects: Iterable[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Deliver):
-                self._port.deliver(effect.user_id, effect.message)
+                await self.parties.send(effect.user_id, effect.message)
             elif isinstance(effect, Started):
                 await self._started(effect.call)
             elif isinstance(effect, Ended):
@@ -273,8 +372,15 @@ class Calls:
             return
         if call.state is not CallState.ACTIVE:
             return  # ended while the hook ran; call.ended has been sent
+        entry = self.parties.entry(call)
+        try:
+            await self.directory.update(entry)
+        except Exception:
+            # Other nodes read it as ringing until the next refresh; the call runs anyway.
+            self._log.exception("directory update for %s failed", call.call_id)
+        await self.parties.tell(entry, in_call=True)
         for uid in call.parties():
-            self._port.deliver(
+            await self.parties.send(
                 uid,
                 CallStarted(
                     call_id=call.call_id,
@@ -289,7 +395,7 @@ class Calls:
             warning = BillingLowBalance(
                 call_id=call.call_id, minutes_left=terms.low_balance_minutes_left
             )
-            self._port.deliver(call.payer.user_id, warning)
+            await self.parties.send(call.payer.user_id, warning)
         if self._sfu is not None:
             self._sfu.expect(call.call_id, call.parties())  # the media watchdog starts
 
@@ -311,7 +417,15 @@ class Calls:
             coins=figures.coins,
         )
         for uid in call.parties():
-            self._port.deliver(uid, ended)
+            await self.parties.send(uid, ended)
+        entry = self.parties.entry(call)
+        try:
+            await self.directory.release(entry)
+        except Exception:
+            # The entry lapses by itself (nobody refreshes it any more).
+            self._log.exception("directory release for %s failed", call.call_id)
+        await self.parties.tell(entry, in_call=False)
+        self.parties.ended(call)
         await self._republish(call)
 
     async def _republish(self, call: Call) -> None:

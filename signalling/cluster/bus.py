@@ -56,7 +56,54 @@ class PresenceNote(NodeMessage, frozen=True, tag="presence"):
     status: str
 
 
-AnyNodeMessage = UserFrame | CloseSession | EndCall | PresenceNote
+class CallForward(NodeMessage, frozen=True, tag="call_forward"):
+    """A party's client message (JSON) for the call the receiving node owns; answered by
+    ``CallForwardDone`` to ``node`` under ``request``."""
+
+    request: str
+    node: str
+    user_id: str
+    session_id: str
+    frame: bytes
+
+
+class CallForwardDone(NodeMessage, frozen=True, tag="call_forward_done"):
+    """The owner's answer to a ``CallForward``: done (``code`` empty) or refused."""
+
+    request: str
+    code: str = ""
+    message: str = ""
+
+
+class PartyInCall(NodeMessage, frozen=True, tag="party_in_call"):
+    """To a party's node from the call's owner: your user is in (or out of) my call."""
+
+    user_id: str
+    call_id: str
+    in_call: bool
+    entry: bytes = b""  # the call's directory entry (msgpack) when in_call
+
+
+class PartyMoved(NodeMessage, frozen=True, tag="party_moved"):
+    """To the call's owner: the party now has this session on this node (``node`` empty:
+    the session ended, and the call waits out the grace period unless a newer one came)."""
+
+    user_id: str
+    call_id: str
+    session_id: str
+    node: str = ""
+
+
+AnyNodeMessage = (
+    UserFrame
+    | CloseSession
+    | EndCall
+    | PresenceNote
+    | CallForward
+    | CallForwardDone
+    | PartyInCall
+    | PartyMoved
+)
 
 
 Inbox = Callable[[NodeMessage], Awaitable[None]]

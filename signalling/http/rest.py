@@ -337,8 +337,10 @@ def _decide(approve: bool) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
 @authed(Role.ADMIN)
 async def admin_end_call(request: web.Request, who: Identity) -> web.StreamResponse:
-    if not await request.app[CALLS].end_call(request.match_info["call_id"], EndReason.ADMIN):
-        return _error(404, "not_found", "no such call running on this node")
+    if not await request.app[CALLS].end_call_anywhere(
+        request.match_info["call_id"], EndReason.ADMIN
+    ):
+        return _error(404, "not_found", "no such call running")
     return _json({"ended": request.match_info["call_id"]})
 
 

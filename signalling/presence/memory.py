@@ -79,6 +79,10 @@ class MemoryPresence:
                 self._world.records[uid] = (entry[0], now + self._ttl)
         return missing
 
+    async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
+        now = self._now()
+        return frozenset(n for n in node_ids if self._world.nodes.get(n, 0.0) > now)
+
     async def sweep(self) -> list[str]:
         now = self._now()
         dead = {n for n, exp in self._world.nodes.items() if exp <= now}

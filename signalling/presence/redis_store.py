@@ -327,6 +327,17 @@ class RedisPresence:
         )
         return [_s(uid) for uid in missing]
 
+    async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
+        """One EXISTS per node, in one round trip."""
+        nodes = list(dict.fromkeys(node_ids))
+        if not nodes:
+            return frozenset()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.exists(f"{self._p}node:{node}")
+            found = await pipe.execute()
+        return frozenset(node for node, exists in zip(nodes, found, strict=True) if exists)
+
     async def sweep(self) -> list[str]:
         """Remove what nodes without a liveness key left behind (their records still owned
         by them, their available-set entries, their user sets, their ``nodes`` entry);

@@ -54,6 +54,9 @@ class PresenceStore(Protocol):
         persistence) so the caller, whose sessions they are, publishes them again; a record
         owned by another node or session is neither refreshed nor returned."""
 
+    async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
+        """Those of these nodes whose liveness key has not run out."""
+
     async def sweep(self) -> list[str]:
         """Remove records of nodes that stopped beating; returns the users removed."""
 

@@ -327,6 +327,20 @@ async def test_silent_node_users_vanish_when_node_key_expires(world: World) -> N
     assert await b.available("host", 10) == ["u"]
 
 
+async def test_nodes_alive_names_only_nodes_that_beat_within_their_ttl(world: World) -> None:
+    a, b = world.node("A"), world.node("B")
+    await a.beat([])
+    await b.beat([])
+    assert await a.nodes_alive(["A", "B", "never", "A"]) == {"A", "B"}
+    assert await a.nodes_alive([]) == set()
+
+    await world.advance(0.6)
+    await b.beat([])
+    await world.advance(0.6)  # A's liveness (1 s) ran out; B beat 0.6 s ago
+
+    assert await a.nodes_alive(["A", "B"]) == {"B"}
+
+
 async def test_sweep_removes_dead_nodes_users_only(world: World) -> None:
     a, b = world.node("A"), world.node("B")
     await a.set(rec("u1"))

@@ -67,7 +67,7 @@ async def _run(batch: list[Frame]) -> None:
             MemoryChat(now=clock.time), port, ChatSettings(rate_per_s=1e6, rate_burst=10**6), clock
         ),
     )
-    Gifts(wings.hub, wings.calls.book, ledger, billing).install()
+    Gifts(wings.hub, wings.calls.active_peer, ledger, billing).install()
     await ledger.credit("seed", FUZZER.user_id, 50, admin="test")
     hub = wings.hub
     others = [await hub.connect(who) for who in BYSTANDERS]

@@ -66,6 +66,9 @@ class Parties:
     def node(self) -> str:
         return self._port.node_id
 
+    async def alive(self, node: str) -> bool:
+        return node in await self._nodes_alive([node])
+
     def remote_call(self, user_id: str) -> CallEntry | None:
         """The call this node's user is in, owned by another node."""
         return self._remote.get(user_id)
@@ -215,7 +218,10 @@ class Parties:
                 self._log.info("call %s: its node %s died", entry.call_id, entry.owner)
                 payer, _ = payer_and_host(entry.caller.identity(), entry.callee.identity())
                 figures = await self._figures(entry.call_id, payer.user_id)
-                await self.tell_ended(entry.call_id, EndReason.PEER_LOST, figures, [uid])
+                # Both parties: the one who was on the dead node hears it wherever they
+                # connect next (the ledger's own finding may have gone to the dead node).
+                parties = entry.parties()
+                await self.tell_ended(entry.call_id, EndReason.PEER_LOST, figures, parties)
             if self._refresh is not None:
                 await self._refresh(uid)
 

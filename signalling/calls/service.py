@@ -292,10 +292,12 @@ class Calls:
         if await self.end_call(call_id, reason):
             return True
         entry = await self.directory.by_id(call_id)
-        if entry is not None and entry.owner != self._port.node_id:
-            await self._port.to_node(entry.owner, EndCall(call_id=call_id, reason=reason.value))
-            return True
-        return False
+        if entry is None or entry.owner == self._port.node_id:
+            return False
+        if not await self.parties.alive(entry.owner):
+            return False  # its entry outlives the node by less than the node's TTL
+        await self._port.to_node(entry.owner, EndCall(call_id=call_id, reason=reason.value))
+        return True
 
     async def tell_ended(
         self, call_id: str, reason: EndReason, figures: EndFigures, parties: Iterable[str]

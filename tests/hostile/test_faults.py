@@ -7,7 +7,6 @@ afterwards the books are clean and no acknowledged chat message is missing.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from signalling.keys import LEDGER
 from tests.conftest import MakeSettings, MakeToken
 from tests.contract.ledger.books import fresh_database
 from tests.hostile.faults import CutProxy, PrivateRedis
-from tests.integration.processes import JALWA, serve
+from tests.integration.processes import serve
 from tests.integration.services import require_mongo, require_redis
 from tests.wsutil import recv, until
 
@@ -266,14 +265,7 @@ async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
                     f"\nkilled after {killed_after:.1f} s, call ended in the ledger after "
                     f"{found_after:.1f} s, {row['minutes']} minutes charged"
                 )
-                check = await asyncio.to_thread(
-                    subprocess.run,
-                    [JALWA, "ledger", "check"],
-                    env={**survivor.env, "JALWA_DATABASE_URL": dsn},
-                    capture_output=True,
-                    timeout=60,
-                )
-                assert check.returncode == 0, check.stdout + check.stderr
+                await survivor.ledger_check(dsn)
 
                 # Both reconnect to the survivor and can call again.
                 alice = await http.ws_connect(f"{survivor.url}/v1/ws?token={alice_token}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -20,6 +21,17 @@ class Server:
     def __init__(self, proc: subprocess.Popen[bytes], port: int, env: dict[str, str]) -> None:
         self.proc, self.port, self.env = proc, port, env
         self.url = f"http://127.0.0.1:{port}"
+
+    async def ledger_check(self, dsn: str) -> None:
+        """`jalwa ledger check` on the database, as an operator would run it: clean."""
+        check = await asyncio.to_thread(
+            subprocess.run,
+            [JALWA, "ledger", "check"],
+            env={**self.env, "JALWA_DATABASE_URL": dsn},
+            capture_output=True,
+            timeout=60,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
 
     def token(self, user: str, role: str) -> str:
         out = subprocess.run(

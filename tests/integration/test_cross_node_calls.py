@@ -32,7 +32,7 @@ class Cluster:
     token: MakeToken
 
     async def join(self, node: TestClient[Any, Any], user: str, role: str = "caller") -> Ws:
-        ws = await node.ws_connect("/v1/ws?token=" + self.token(user, role))
+        ws: Ws = await node.ws_connect("/v1/ws?token=" + self.token(user, role))
         welcome = await recv(ws, "welcome")
         ws.welcome = welcome
         return ws

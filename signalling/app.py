@@ -370,7 +370,8 @@ async def _close_sessions(app: web.Application) -> None:
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "sessions": len(request.app[HUB].sessions)})
+    hub = request.app[HUB]
+    return web.json_response({"status": "ok", "node": hub.node_id, "sessions": len(hub.sessions)})
 
 
 def _is_loopback(request: web.Request) -> bool:

@@ -31,6 +31,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     serve = sub.add_parser("serve", help="run the hub (embedded stores unless URLs are set)")
     serve.add_argument("--host", help="listen address (default JALWA_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default JALWA_PORT or 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port, each its own node (needs Redis, PostgreSQL, MongoDB)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     token = sub.add_parser("token", help="mint a JWT with the configured key (dev and tests)")
     token.add_argument("--user", required=True)
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -49,8 +56,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     try:
         settings = Settings.from_env(env)
+        if args.command == "serve" and args.workers != 1:
+            return _supervise(settings, args.host, args.port, args.workers, env)
         if args.command == "serve":
-            return _serve(settings, args.host, args.port)
+            return _serve(settings, args.host, args.port, reuse_port=args.reuse_port)
         if args.command == "token":
             return _token(settings, args.user, Role(args.role), args.name, args.ttl)
         if args.command == "turn-config":
@@ -122,25 +131,70 @@ def _token(settings: Settings, user: str, role: Role, name: str, ttl: int) -> in
     return 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _serve(
+    settings: Settings, host: str | None, port: int | None, *, reuse_port: bool = False
+) -> int:
     from .app import create_app
 
     host = host or settings.host
     port = settings.port if port is None else port
     _configure_logging(settings)
+    _check_key(settings, host)
+    app = create_app(settings)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_run_server(app, host, port, settings.shutdown_timeout_s, reuse_port))
+    return 0
+
+
+def _check_key(settings: Settings, host: str) -> None:
     keys = load_keys(settings, create_dev_key=True)
     if keys.dev and not _loopback(host):
         raise ConfigError(
             f"refusing to listen on {host} with the development key: "
             "set JALWA_AUTH__SECRET (or a public key) to serve beyond loopback"
         )
-    app = create_app(settings)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run_server(app, host, port, settings.shutdown_timeout_s))
-    return 0
 
 
-async def _run_server(app: Any, host: str, port: int, shutdown_timeout: float) -> None:
+def _supervise(
+    settings: Settings, host: str | None, port: int | None, workers: int, env: Mapping[str, str]
+) -> int:
+    from .workers import Supervisor
+
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    missing = [
+        name
+        for name, url in (
+            ("JALWA_REDIS_URL", settings.redis_url),
+            ("JALWA_DATABASE_URL", settings.database_url),
+            ("JALWA_MONGO_URL", settings.mongo_url),
+        )
+        if url is None
+    ]
+    if missing:
+        # Embedded stores are per process: N workers would be N separate services.
+        raise ConfigError(
+            "--workers needs the shared stores (each worker is a node on them); set "
+            + ", ".join(missing)
+        )
+    host = host or settings.host
+    port = settings.port if port is None else port
+    _configure_logging(settings)
+    _check_key(settings, host)  # also writes the dev key once, before the workers read it
+    supervisor = Supervisor(
+        workers=workers,
+        host=host,
+        port=port,
+        node_id=settings.node_id,
+        environ=env,
+        stop_timeout_s=settings.shutdown_timeout_s + 5,
+    )
+    return supervisor.run()
+
+
+async def _run_server(
+    app: Any, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
+) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully (sessions get 1012)."""
     from aiohttp import web
 
@@ -149,7 +203,7 @@ async def _run_server(app: Any, host: str, port: int, shutdown_timeout: float) -
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         logging.getLogger("jalwa").info("listening on http://%s:%d", host, port)
         stop = asyncio.Event()

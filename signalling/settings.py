@@ -138,7 +138,7 @@ class PresenceSettings(Section):
 
     ttl_s: int = Field(15, ge=2, description="a user's presence expires this long after a crash")
     node_ttl_s: int = Field(
-        5, ge=2, description="a node (and the calls it runs) is dead this long after its last beat"
+        5, ge=1, description="a node (and the calls it runs) is dead this long after its last beat"
     )
     key_prefix: str = Field("jalwa", description="prefix of every Redis key")
 
@@ -204,6 +204,19 @@ class Settings(BaseSettings):
                 turn = turn.model_dump()
             data = {**data, "turn": {**turn, "production": data.get("env") == "production"}}
         return data
+
+    @model_validator(mode="after")
+    def _orphans_after_dead_nodes(self) -> Settings:
+        # The ledger ends a call whose node stopped touching it; by then that node must
+        # already count as dead everywhere, so the survivor that finds it tells the
+        # parties instead of sending the end to a node that is gone.
+        orphan_after = self.billing.orphan_after_s
+        if 0 < orphan_after <= self.presence.node_ttl_s:
+            raise ValueError(
+                f"billing.orphan_after_s ({orphan_after}) must be longer than "
+                f"presence.node_ttl_s ({self.presence.node_ttl_s})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -38,7 +38,6 @@ class ErrorCode(enum.StrEnum):
     CALLEE_OFFLINE = "callee_offline"
     CALLEE_BUSY = "callee_busy"
     CALLEE_AWAY = "callee_away"
-    CALLEE_UNREACHABLE = "callee_unreachable"
     SELF_CALL = "self_call"
     ALREADY_IN_CALL = "already_in_call"
     FORBIDDEN = "forbidden"

@@ -27,12 +27,9 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_STATE: (
         "The call is not in the state the action needs; `message` names the state."
     ),
-    ErrorCode.CALLEE_OFFLINE: "The callee has no session.",
+    ErrorCode.CALLEE_OFFLINE: "The callee is connected to no node and in no call.",
     ErrorCode.CALLEE_BUSY: "The callee is in a call or has chosen `busy`.",
     ErrorCode.CALLEE_AWAY: "The callee has chosen `away`.",
-    ErrorCode.CALLEE_UNREACHABLE: (
-        "The callee is connected to another hub node; cross-node calls are not supported yet."
-    ),
     ErrorCode.SELF_CALL: "You invited yourself.",
     ErrorCode.ALREADY_IN_CALL: "You are already in a ringing or active call.",
     ErrorCode.FORBIDDEN: (

@@ -31,7 +31,7 @@ FAST = {
 async def client(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(make_settings(billing=FAST))
+    app = create_app(make_settings(billing=FAST, presence={"node_ttl_s": 1}))
     client: TestClient[Any, Any] = await aiohttp_client(app)
     yield client
     assert await app[LEDGER].check() == []  # the books balance after every test

@@ -208,8 +208,8 @@ async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
     """kill -9 of the node running a paid call, another node alive on the same Redis and
     PostgreSQL: no minute that starts after the kill is charged (a minute waits for its
     node to show life), the survivor's billing loop ends the call (peer_lost) at the node's
-    last touch once it is orphaned, the books are clean, and the parties can call again
-    from the surviving node."""
+    last touch once it is orphaned, the books are clean, and the parties hear of it when
+    they connect to the surviving node and can call again there."""
     redis_url = require_redis()
     async with fresh_database() as dsn:
         shared = {
@@ -218,7 +218,7 @@ async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
             "JALWA_DATABASE_URL": dsn,
             "JALWA_BILLING__MINUTE_SECONDS": "1",
             "JALWA_BILLING__LOOP_INTERVAL_S": "0.1",
-            "JALWA_BILLING__ORPHAN_AFTER_S": "3",
+            "JALWA_BILLING__ORPHAN_AFTER_S": "6",
             "JALWA_BILLING__DEFAULT_RATE": "1",
         }
         with serve(tmp_path, **shared) as doomed, serve(tmp_path, **shared) as survivor:
@@ -267,11 +267,15 @@ async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
                 )
                 await survivor.ledger_check(dsn)
 
-                # Both reconnect to the survivor and can call again.
+                # Both reconnect to the survivor, hear how their call ended (it ended while
+                # they had no connection), and can call again.
                 alice = await http.ws_connect(f"{survivor.url}/v1/ws?token={alice_token}")
                 bob = await http.ws_connect(f"{survivor.url}/v1/ws?token={bob_token}")
-                await recv(alice, "welcome")
-                await recv(bob, "welcome")
+                for ws in (alice, bob):
+                    assert (await recv(ws, "welcome")).get("call") is None
+                    told = await recv(ws, "call.ended")
+                    assert (told["call_id"], told["reason"]) == (cid, "peer_lost")
+                    assert told["minutes"] == row["minutes"]
                 await alice.send_json({"type": "call.invite", "id": "2", "to": "bob"})
                 again = (await recv(alice, "ack"))["call_id"]
                 await bob.send_json({"type": "call.accept", "call_id": again})

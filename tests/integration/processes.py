@@ -45,7 +45,7 @@ class Server:
 
 
 @contextmanager
-def serve(tmp_path: Path, **extra: str) -> Iterator[Server]:
+def serve(tmp_path: Path, *args: str, **extra: str) -> Iterator[Server]:
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -55,7 +55,10 @@ def serve(tmp_path: Path, **extra: str) -> Iterator[Server]:
     }
     log = (tmp_path / f"serve-{port}.log").open("wb")
     proc = subprocess.Popen(
-        [JALWA, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [JALWA, "serve", "--port", str(port), *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     server = Server(proc, port, env)
     try:

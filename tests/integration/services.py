@@ -46,3 +46,16 @@ def require_mongo() -> str:
             f"these tests need a MongoDB wire server; start one with: {START_MONGO}"
         )
     return url
+
+
+async def forget_prefix(prefix: str) -> None:
+    """Delete every Redis key a test's nodes wrote under ``prefix`` (some live a day)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(require_redis())
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

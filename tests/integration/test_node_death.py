@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from tests.contract.ledger.books import fresh_database
 from tests.integration.processes import Server, serve
-from tests.integration.services import require_redis
+from tests.integration.services import forget_prefix, require_redis
 from tests.wsutil import recv
 
 WITHIN_S = 10.0  # the bound from the kill to the survivor being told
@@ -41,14 +41,17 @@ async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[Server, Server, str, 
             "JALWA_DATABASE_URL": dsn,
             "JALWA_BILLING__MINUTE_SECONDS": "1",
             "JALWA_BILLING__LOOP_INTERVAL_S": "0.1",
-            "JALWA_BILLING__ORPHAN_AFTER_S": "3",
+            "JALWA_BILLING__ORPHAN_AFTER_S": "6",
             "JALWA_BILLING__DEFAULT_RATE": "1",
         }
         with (
             serve(tmp_path, JALWA_NODE_ID="node-a", **shared) as a,
             serve(tmp_path, JALWA_NODE_ID="node-b", **shared) as b,
         ):
-            yield a, b, dsn, prefix
+            try:
+                yield a, b, dsn, prefix
+            finally:
+                await forget_prefix(prefix)
 
 
 async def token(http: aiohttp.ClientSession, node: Server, query: str) -> str:

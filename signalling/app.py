@@ -44,6 +44,8 @@ from .chat.memory import MemoryChat
 from .chat.mongo import MongoChat
 from .clock import Clock, SystemClock
 from .cluster.bus import LocalRouter, RedisRouter, Router
+from .cluster.resume import MemoryResume, ResumeStore
+from .cluster.resume_redis import RedisResume
 from .errors import ConfigError
 from .http.rest import add_routes, json_errors
 from .hub import Hub
@@ -168,7 +170,9 @@ def _hub_context(
         client: aioredis.Redis | None = None
         presence: PresenceStore
         directory: CallDirectory
+        resume: ResumeStore
         router: Router = LocalRouter()
+        hub_settings = settings.hub
         if settings.redis_url is not None:
             client = aioredis.from_url(settings.redis_url)
             await client.ping()
@@ -183,8 +187,19 @@ def _hub_context(
             directory = RedisCallDirectory(
                 client, prefix=settings.presence.key_prefix, ttl_s=settings.presence.node_ttl_s
             )
+            resume = RedisResume(
+                client,
+                prefix=settings.presence.key_prefix,
+                window_s=hub_settings.resume_window_s,
+                max_frames=hub_settings.resume_buffer_frames,
+            )
         else:
             directory = MemoryCallDirectory(clock, ttl_s=settings.presence.node_ttl_s)
+            resume = MemoryResume(
+                clock,
+                window_s=hub_settings.resume_window_s,
+                max_frames=hub_settings.resume_buffer_frames,
+            )
             presence = MemoryPresence(
                 MemoryWorld(clock),
                 settings.node_id,
@@ -200,6 +215,7 @@ def _hub_context(
             clock=clock,
             hooks=hooks or ledger_hooks,
             router=router,
+            resume=resume,
             media_server=sfu,
             record_policy=settings.media.recording,
             ice_servers=_ice_servers(settings, clock),
@@ -267,6 +283,7 @@ def assemble(
     clock: Clock,
     hooks: CallHooks,
     router: Router | None = None,
+    resume: ResumeStore | None = None,
     media_server: MediaServer | None = None,
     record_policy: str = "off",
     ice_servers: Callable[[str], list[IceServerInfo]] = lambda user_id: [],
@@ -281,6 +298,7 @@ def assemble(
         directory=presence,
         clock=clock,
         router=router,
+        resume=resume,
         ice_servers=ice_servers,
         logger=logging.getLogger("jalwa.hub"),
     )

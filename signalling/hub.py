@@ -15,7 +15,9 @@ from typing import Any, Protocol
 from .auth import Identity, Role, user_info
 from .clock import Clock
 from .cluster.bus import CloseSession, LocalRouter, NodeMessage, Router, UserFrame
+from .cluster.resume import Parked, ResumeStore
 from .errors import JalwaError
+from .parking import Parking
 from .port import ANSWERED, Departure, Handler, Located
 from .protocol import (
     Ack,
@@ -56,6 +58,7 @@ class Hub:
         directory: Directory,
         clock: Clock,
         router: Router | None = None,
+        resume: ResumeStore | None = None,
         ice_servers: Callable[[str], list[IceServerInfo]] = lambda user_id: [],
         logger: logging.Logger | None = None,
     ) -> None:
@@ -66,6 +69,16 @@ class Hub:
         self._ice_servers = ice_servers
         self._log = logger or logging.getLogger(__name__)
         self.sessions: dict[str, Session] = {}
+        # §3.1: dropped sessions kept resumable (none without a store or a window).
+        self._resume = resume if settings.resume_window_s > 0 else None
+        self.parking: Parking | None = None
+        if self._resume is not None:
+            self.parking = Parking(
+                self._resume,
+                clock,
+                window_s=settings.resume_window_s,
+                on_end=lambda session: self._leave(session, Departure.GONE),
+            )
         self._handlers: dict[type[ClientMessage], Handler] = {}
         self._welcome_parts: list[WelcomePart] = []
         self._on_join: list[SessionCallback] = []
@@ -108,10 +121,18 @@ class Hub:
         return self.sessions.get(user_id)
 
     def local_users(self) -> Iterable[str]:
-        return list(self.sessions)
+        parked = self.parking.sessions if self.parking is not None else {}
+        return [*self.sessions, *parked]
+
+    def _target(self, user_id: str) -> Session | None:
+        """The session frames for the user go to: connected, or parked for a resume."""
+        session = self.sessions.get(user_id)
+        if session is None and self.parking is not None:
+            session = self.parking.get(user_id)
+        return session
 
     def deliver(self, user_id: str, message: ServerMessage) -> bool:
-        session = self.sessions.get(user_id)
+        session = self._target(user_id)
         if session is None:
             return False
         session.send(message)
@@ -119,7 +140,7 @@ class Hub:
 
     async def deliver_anywhere(self, user_id: str, *messages: ServerMessage) -> bool:
         """Several messages for one user cost one look-up of where they are."""
-        session = self.sessions.get(user_id)
+        session = self._target(user_id)
         if session is not None:
             for message in messages:
                 session.send(message)
@@ -153,9 +174,13 @@ class Hub:
 
     # --- connection lifecycle (§1, §3) --------------------------------------------------
 
-    async def connect(self, identity: Identity) -> Session:
+    async def connect(
+        self, identity: Identity, *, resume: tuple[str, int] | None = None
+    ) -> Session:
+        """A new session; ``resume``: (resume token, last seq the client got), §3.1."""
         hub = self._settings
         uid = identity.user_id
+        resumable = self._resume is not None
         session = Session(
             identity,
             clock=self._clock,
@@ -163,7 +188,17 @@ class Hub:
             send_queue_max_bytes=hub.send_queue_max_bytes,
             rate_per_s=hub.rate_per_s,
             rate_burst=hub.rate_burst,
+            resume_frames=hub.resume_buffer_frames if resumable else 0,
+            resume_bytes=hub.resume_buffer_bytes,
         )
+        replay: list[bytes] | None = None
+        if resume is not None and self._resume is not None:
+            replay = _missed(await self._resume.take(resume[0], uid), resume[1])
+            session.resumed = replay is not None
+        parked = self.parking.get(uid) if self.parking is not None else None
+        if parked is not None and self.parking is not None:
+            self.parking.drop(parked)  # this session takes over (resumed or not)
+            await self._leave(parked, Departure.REPLACED_HERE)
         elsewhere = (await self._directory.get_many([uid])).get(uid)
         if elsewhere is not None and elsewhere.node_id != self.node_id:
             # One live session per user: the older one on the other node closes (4009).
@@ -180,11 +215,20 @@ class Hub:
             heartbeat_s=hub.heartbeat_s,
             ice_servers=self._ice_servers(uid),
             media="p2p",
+            resume_token=session.resume_token,
+            resumed=session.resumed,
         )
         try:
             for part in self._welcome_parts:
                 welcome = await part(session, welcome)
             session.send(welcome)
+            session.count_from_here()
+            for frame in replay or ():
+                session.send_frame(frame)
+            if resume is not None and replay is None:
+                # Said plainly, never silently: what was missed is not all here.
+                message = "could not resume: reload state (calls, chat, wallet)"
+                session.send(Error(code=ErrorCode.RESYNC_REQUIRED, message=message))
             for joined in self._on_join:
                 await joined(session)
         except Exception:
@@ -202,11 +246,21 @@ class Hub:
                 self._log.exception("on_connect callback failed for %s", uid)
         return session
 
-    async def disconnect(self, session: Session) -> None:
+    async def disconnect(self, session: Session, *, resumable: bool = False) -> None:
+        """The connection ended; ``resumable``: it dropped (not closed on purpose), so the
+        session is parked for a resume if this hub keeps them (§3.1)."""
         uid = session.user_id
         if self.sessions.get(uid) is not session:
             return  # replaced: the newer session owns the user's presence and calls
         del self.sessions[uid]
+        if resumable and self.parking is not None and session.resume_token is not None:
+            try:
+                await self.parking.park(session)
+            except Exception:
+                self._log.exception("parking %s for a resume failed", uid)
+            else:
+                await self._leave(session, Departure.DETACHED)
+                return
         await self._leave(session, Departure.GONE)
 
     async def _leave(self, session: Session, how: Departure) -> None:
@@ -214,6 +268,8 @@ class Hub:
             await callback(session, how)
 
     async def shutdown(self) -> None:
+        if self.parking is not None:
+            await self.parking.close()
         for session in list(self.sessions.values()):
             session.close(CloseCode.SERVICE_RESTART, "server restarting, reconnect")
 
@@ -292,14 +348,30 @@ class Hub:
         await handler(message)
 
     async def _frame_from_other_node(self, message: UserFrame) -> None:
-        session = self.sessions.get(message.user_id)
+        session = self._target(message.user_id)
         if session is not None:
             session.send_frame(message.frame)
 
     async def _close_from_other_node(self, message: CloseSession) -> None:
+        parked = self.parking.get(message.user_id) if self.parking is not None else None
+        if parked is not None and parked.session_id == message.session_id:
+            # Resumed (or a fresh session) on another node, which owns the user now.
+            assert self.parking is not None
+            self.parking.drop(parked)
+            await self._leave(parked, Departure.MOVED)
+            return
         session = self.sessions.get(message.user_id)
         if session is not None and session.session_id == message.session_id:
             # The user connected on another node: this session is the older one (§7).
             del self.sessions[message.user_id]
             session.close(CloseCode.REPLACED, "replaced by a newer session")
             await self._leave(session, Departure.MOVED)
+
+
+def _missed(parked: Parked | None, last_seq: int) -> list[bytes] | None:
+    """The frames after ``last_seq``, if the parked session has every one of them."""
+    if parked is None or parked.overflowed:
+        return None
+    if not parked.first_seq - 1 <= last_seq <= parked.last_seq:
+        return None  # some were dropped from the bounded buffer, or the count is wrong
+    return parked.frames[last_seq - parked.first_seq + 1 :]

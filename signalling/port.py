@@ -48,6 +48,9 @@ class Departure(enum.Enum):
     REPLACED_HERE = "replaced_here"  # a newer session of the user on this node took over
     MOVED = "moved"  # the user connected on another node, which now owns their presence
     GONE = "gone"  # the connection ended: the user is offline unless they are elsewhere
+    # The connection dropped and the session is parked for a resume (§3.1): the user is
+    # offline for others, yet frames for them still reach it (and its watches stay).
+    DETACHED = "detached"
     REFUSED = "refused"  # the session could not join (a store failure): closed 1013
 
 

@@ -27,8 +27,22 @@ class Session:
         send_queue_max_bytes: int,
         rate_per_s: float,
         rate_burst: int,
+        resume_frames: int = 0,
+        resume_bytes: int = 0,
     ) -> None:
         self.session_id = "s_" + secrets.token_urlsafe(12)
+        # §3.1: frames after welcome are numbered 1, 2, ... (what the client counts); the
+        # last ones are kept (bounded) so a resume can give back what the client missed.
+        self.resume_token = secrets.token_urlsafe(18) if resume_frames > 0 else None
+        self.resumed = False
+        self.seq = 0
+        self._counting = False
+        self._recent: deque[bytes] | None = None  # created at the first frame: idle is cheap
+        self._recent_bytes = 0
+        self._recent_max = resume_frames
+        self._recent_max_bytes = resume_bytes
+        # Detached (the connection dropped, resumable): frames go here instead.
+        self._sink: Callable[[bytes], None] | None = None
         self.identity = identity
         self.status: Status = "available"  # what the user chose; busy while in a call
         self.location: tuple[float, float] | None = None
@@ -60,6 +74,10 @@ class Session:
         self.send_frame(encode(message))
 
     def send_frame(self, frame: bytes) -> None:
+        if self._sink is not None:
+            self.seq += 1
+            self._sink(frame)
+            return
         if self.closing:
             return
         # Bounded in frames and in bytes; one frame of any size fits an empty queue, so a
@@ -72,6 +90,39 @@ class Session:
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         self._wakeup.set()
+        if self._counting:
+            self.seq += 1
+            if self._recent_max:
+                self._keep(frame)
+
+    def count_from_here(self) -> None:
+        """The welcome has been queued: number the frames that follow."""
+        self._counting = True
+
+    def _keep(self, frame: bytes) -> None:
+        if self._recent is None:
+            self._recent = deque()
+        self._recent.append(frame)
+        self._recent_bytes += len(frame)
+        while len(self._recent) > self._recent_max or (
+            self._recent_bytes > self._recent_max_bytes and len(self._recent) > 1
+        ):
+            self._recent_bytes -= len(self._recent.popleft())
+
+    def detach(self, sink: Callable[[bytes], None]) -> tuple[int, list[bytes]]:
+        """The connection dropped: later frames go to ``sink`` (numbered on). Returns the
+        kept frames and the seq of the first of them."""
+        kept = list(self._recent or ())
+        self._recent = None
+        self._recent_bytes = 0
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._sink = sink
+        return self.seq - len(kept) + 1, kept
+
+    @property
+    def detached(self) -> bool:
+        return self._sink is not None
 
     def abort(self, reason: str) -> None:
         """Drop a consumer that is not reading: what is queued is freed, the connection is

@@ -115,6 +115,17 @@ class HubSettings(Section):
         default_factory=list,
         description="reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client",
     )
+    resume_window_s: float = Field(
+        120.0, ge=0, description="a dropped session can be resumed this long; 0 never"
+    )
+    resume_buffer_frames: int = Field(
+        512, ge=1, description="frames kept for a session's resume (past them: resync)"
+    )
+    resume_buffer_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="bytes of recent frames a connected session keeps for its resume",
+    )
     ring_timeout_s: float = Field(30.0, gt=0, description="an unanswered call ends (timeout)")
     peer_lost_grace_s: float = Field(
         15.0, ge=0, description="a party gone this long ends its call (peer_lost)"

@@ -62,7 +62,7 @@ async def _serve(
         return ws
     hub = request.app[HUB]
     try:
-        session = await hub.connect(identity)
+        session = await hub.connect(identity, resume=_resume_of(request))
     except Exception:
         await ws.close(code=TRY_AGAIN_LATER, message=b"try again later")
         raise
@@ -80,13 +80,26 @@ async def _serve(
                 if session.closing:
                     break
     finally:
+        # Dropped (not closed by us, nor by the client with 1000): resumable (§3.1).
+        dropped = not session.closing and ws.close_code != CloseCode.NORMAL
         try:
-            await hub.disconnect(session)
+            await hub.disconnect(session, resumable=dropped)
         finally:
             # Even if the store failed during disconnect: stop the writer, free the socket.
             session.close(CloseCode.NORMAL, "")
             await _stop(pump, request)
     return ws
+
+
+def _resume_of(request: web.Request) -> tuple[str, int] | None:
+    """``?resume=<token>&last_seq=<n>`` (§3.1); a bad ``last_seq`` resumes nothing (the
+    client is told to resync)."""
+    token = request.query.get("resume", "")
+    if not token:
+        return None
+    last = request.query.get("last_seq", "")
+    seq = int(last) if last.isascii() and last.isdigit() and len(last) < 12 else -1
+    return token[:64], seq
 
 
 async def _stop(pump: asyncio.Task[None], request: web.Request) -> None:

@@ -151,7 +151,10 @@ class ChatService:
 
     async def _push_backlog(self, session: Session) -> None:
         """What arrived while the user was away, oldest first; the client acknowledges
-        with chat.delivered, and anything it does not acknowledge comes again next time."""
+        with chat.delivered, and anything it does not acknowledge comes again next time.
+        A resumed session got what it missed in the resume (§3.1): no second copy."""
+        if session.resumed:
+            return
         user = rules.check_user(session.user_id)
         limit = rules.check_limit(self._settings.backlog_limit)
         for message in await self.store.undelivered(user, limit):

@@ -67,11 +67,17 @@ class Presence:
             await self.publish(current)
 
     async def _left(self, session: Session, how: Departure) -> None:
+        uid = session.user_id
+        if how is Departure.DETACHED:
+            # Parked for a resume (§3.1): offline to everyone, but the record stays (status
+            # offline, never matched or rung) so frames for the user still reach this
+            # node, and so do the changes of the users it watches.
+            await self.publish(session, status="offline")
+            return
         self._unwatch_all(session)
         if how is Departure.REPLACED_HERE:
             return  # the newer session owns the user's presence
-        uid = session.user_id
-        self._shown.pop(uid, None)
+        shown = self._shown.pop(uid, None)
         if how is not Departure.GONE:
             return  # moved: the other node owns the record now; refused: none was written
         cleared = False
@@ -79,8 +85,8 @@ class Presence:
             cleared = await self.store.clear(uid, session.session_id)
         finally:
             # A record that is not ours any more belongs to a newer session (maybe on another
-            # node): then the user is not offline.
-            if cleared or uid not in await self.store.get_many([uid]):
+            # node): then the user is not offline. A parked one was shown offline already.
+            if shown != "offline" and (cleared or uid not in await self.store.get_many([uid])):
                 await self._announce(uid, "offline")
 
     async def beat(self) -> None:
@@ -141,8 +147,10 @@ class Presence:
     def shown_status(self, session: Session) -> ShownStatus:
         return "busy" if self._in_call(session.user_id) else session.status
 
-    async def publish(self, session: Session) -> None:
-        status = self.shown_status(session)
+    async def publish(self, session: Session, *, status: ShownStatus | None = None) -> None:
+        """Write the session's record and announce a change; ``status`` overrides what
+        would be shown (``offline`` for a parked session)."""
+        status = status or self.shown_status(session)
         ident = session.identity
         lat, lon = session.location if session.location is not None else (None, None)
         await self.store.set(

@@ -54,6 +54,7 @@ class ErrorCode(enum.StrEnum):
     CHAT_NOT_FOUND = "chat_not_found"
     MEDIA_FAILED = "media_failed"
     UNAVAILABLE = "unavailable"
+    RESYNC_REQUIRED = "resync_required"
     INTERNAL = "internal"
 
 

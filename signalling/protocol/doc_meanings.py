@@ -61,6 +61,11 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.UNAVAILABLE: (
         "A backing store failed while handling the message; try again shortly."
     ),
+    ErrorCode.RESYNC_REQUIRED: (
+        "Sent right after `welcome` when a resume (§3.1) could not give every missed frame "
+        "(token unknown, expired or not yours; buffer overflowed; `last_seq` not in it): "
+        "this is a fresh session, reload state (calls, chat, wallet) over the API."
+    ),
     ErrorCode.INTERNAL: "Unexpected server fault (reserved; not sent by this version).",
 }
 

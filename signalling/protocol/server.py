@@ -64,6 +64,8 @@ class Welcome(ServerMessage, tag="welcome"):
     ice_servers: list[IceServerInfo]
     media: MediaMode
     call: CallInfo | None = None
+    resume_token: str | None = None  # §3.1: give it back (with last_seq) to resume
+    resumed: bool = False
 
 
 class Ack(ServerMessage, tag="ack"):

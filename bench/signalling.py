@@ -1,7 +1,8 @@
 """Signalling throughput, latency and memory: the hub's rtc relay between call parties
 against a bare aiohttp relay measured in the same run.
 
-Run: ``.venv/bin/python -m bench.signalling [--pairs 50] [--messages 2000] [--idle 2000]``
+Run: ``.venv/bin/python -m bench.signalling [--pairs 50] [--messages 2000] [--idle 2000]
+[--redis redis://127.0.0.1:6379/0] [--workers-db postgresql://... --workers-mongo mongodb://...]``
 
 Both servers run as their own process (one core each at most on a 2-core machine; the load
 generator, this process, has the other):
@@ -22,9 +23,16 @@ Measured, in this order, on each server:
 3. **memory per idle connection**: ``--idle`` more connections (authenticated, for jalwa)
    opened and left idle; the server's RSS growth divided by their number.
 
-Printed: each figure for both servers and jalwa's ratio to bare. Goals (ANCHORS.md):
->= 50k msg/s and >= 0.65 of the bare relay, p99 <= 10 ms at half load, <= 20 KB per idle
-connection.
+With ``--redis``, the same rounds again with the call's parties on **two nodes**: two
+``jalwa serve`` processes on that Redis (a key prefix of their own), callers on node A (which
+runs the calls), hosts on node B: every relayed frame crosses Redis pub/sub. With
+``--workers-db`` and ``--workers-mongo`` too, **``jalwa serve --workers 2``** (each worker a
+node; the kernel spreads the connections, so some pairs are split across workers): the
+total throughput of the two.
+
+Printed: each figure for each server and jalwa's ratio to bare. Goals (ANCHORS.md):
+>= 50k msg/s and >= 0.65 of the bare relay, p99 <= 10 ms at half load (<= 20 ms across
+nodes), <= 20 KB per idle connection.
 """
 
 from __future__ import annotations
@@ -60,6 +68,12 @@ class Figures:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     idle_kb: float = 0.0
+    idle_cpu: float = 0.0  # % of one core the servers burn while the connections idle
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def rss(pid: int) -> int:
@@ -84,7 +98,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def jalwa_server(workdir: Path) -> Iterator[tuple[str, int]]:
+def jalwa_server(workdir: Path, *args: str, **extra: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -98,8 +112,9 @@ def jalwa_server(workdir: Path) -> Iterator[tuple[str, int]]:
         "JALWA_HUB__CONNECT_BURST_PER_IP": "1000000",
         "JALWA_HUB__SEND_QUEUE_MAX": "100000",
         "JALWA_HUB__SEND_QUEUE_MAX_BYTES": str(64 << 20),
+        **extra,
     }
-    proc = subprocess.Popen([JALWA, "serve", "--port", str(port)], env=env)
+    proc = subprocess.Popen([JALWA, "serve", "--port", str(port), *args], env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
         yield f"http://127.0.0.1:{port}", proc.pid
@@ -134,7 +149,10 @@ Pair = tuple[aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse, s
 Opener = Callable[[aiohttp.ClientSession, int], Awaitable[Pair]]
 
 
-def jalwa_opener(base: str) -> Opener:
+def jalwa_opener(base: str, host_base: str | None = None) -> Opener:
+    """Pairs in a paid call; the hosts connect to ``host_base`` when given (another node)."""
+    host_base = host_base or base
+
     async def token(http: aiohttp.ClientSession, user: str, role: str) -> str:
         credit = "&credit=10000" if role == "caller" else ""
         resp = await http.get(f"{base}/v1/dev/token?user={user}&role={role}{credit}")
@@ -143,7 +161,8 @@ def jalwa_opener(base: str) -> Opener:
 
     async def open_pair(http: aiohttp.ClientSession, n: int) -> Pair:
         caller = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'c{n}', 'caller')}")
-        host = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'h{n}', 'host')}")
+        host_token = await token(http, f"h{n}", "host")
+        host = await http.ws_connect(f"{host_base}/v1/ws?token={host_token}")
         await recv(caller, "welcome", within_s=10)
         await recv(host, "welcome", within_s=10)
         await caller.send_json({"type": "call.invite", "id": "i", "to": f"h{n}"})
@@ -211,7 +230,11 @@ async def latency(pairs: list[Pair], rate: float, seconds: float) -> tuple[float
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-async def idle_memory(base: str, pid: int, idle: int, jalwa: bool) -> float:
+async def idle_memory(
+    base: str, pids: list[int], idle: int, jalwa: bool, cpu_s: float = 5.0
+) -> tuple[float, float]:
+    """RSS growth of the server processes per idle connection opened, in KB, and the CPU
+    they burn over ``cpu_s`` seconds with those connections idle, in % of one core."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         tokens: list[str] = []
         if jalwa:
@@ -219,7 +242,7 @@ async def idle_memory(base: str, pid: int, idle: int, jalwa: bool) -> float:
                 resp = await http.get(f"{base}/v1/dev/token?user=idle{n}&role=caller")
                 tokens.append((await resp.json())["token"])
         await asyncio.sleep(0.5)
-        before = rss(pid)
+        before = sum(map(rss, pids))
         sockets = []
         for n in range(idle):
             url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
@@ -228,10 +251,13 @@ async def idle_memory(base: str, pid: int, idle: int, jalwa: bool) -> float:
                 await recv(ws, "welcome", within_s=10)
             sockets.append(ws)
         await asyncio.sleep(1.0)
-        grown = rss(pid) - before
+        grown = sum(map(rss, pids)) - before
+        cpu_before = sum(map(cpu_seconds, pids))
+        await asyncio.sleep(cpu_s)
+        cpu = (sum(map(cpu_seconds, pids)) - cpu_before) / cpu_s * 100
         for ws in sockets:
             await ws.close()
-        return grown / idle / 1024
+        return grown / idle / 1024, cpu
 
 
 async def measure(opener: Opener, args: argparse.Namespace) -> Figures:
@@ -248,12 +274,58 @@ async def measure(opener: Opener, args: argparse.Namespace) -> Figures:
     return figures
 
 
+def pids_of(supervisor: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(supervisor)], capture_output=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def cross_node(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
+    prefix = f"jalwa-bench-{os.getpid()}-{time.time_ns()}"
+    shared = {"JALWA_REDIS_URL": args.redis, "JALWA_PRESENCE__KEY_PREFIX": prefix}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        jalwa_server(Path(tmp), JALWA_NODE_ID="bench-a", **shared) as (base_a, pid_a),
+        jalwa_server(Path(tmp), JALWA_NODE_ID="bench-b", **shared) as (base_b, _),
+    ):
+        figures = runner.run(measure(jalwa_opener(base_a, base_b), args))
+        figures.idle_kb, figures.idle_cpu = runner.run(
+            idle_memory(base_a, [pid_a], args.idle, jalwa=True)
+        )
+    return figures
+
+
+def two_workers(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
+    prefix = f"jalwa-bench-{os.getpid()}-{time.time_ns()}"
+    stores = {
+        "JALWA_REDIS_URL": args.redis,
+        "JALWA_PRESENCE__KEY_PREFIX": prefix,
+        "JALWA_DATABASE_URL": args.workers_db,
+        "JALWA_MIGRATE_ON_START": "true",
+        "JALWA_MONGO_URL": args.workers_mongo,
+        "JALWA_CHAT__DATABASE": prefix.replace("-", "_"),
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        jalwa_server(Path(tmp), "--workers", "2", **stores) as (base, supervisor),
+    ):
+        time.sleep(1.0)  # both workers listening
+        figures = runner.run(measure(jalwa_opener(base), args))
+        workers = pids_of(supervisor)
+        figures.idle_kb, figures.idle_cpu = runner.run(
+            idle_memory(base, workers, args.idle, jalwa=True)
+        )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--messages", type=int, default=2000, help="frames per caller")
     parser.add_argument("--latency-s", type=float, default=3.0)
     parser.add_argument("--idle", type=int, default=2000, help="idle connections opened")
+    parser.add_argument("--redis", help="Redis URL: also measure a call across two nodes")
+    parser.add_argument("--workers-db", help="PostgreSQL URL: also measure --workers 2")
+    parser.add_argument("--workers-mongo", help="MongoDB URL: also measure --workers 2")
     args = parser.parse_args()
     print(
         f"cores: {os.cpu_count()}; Python {platform.python_version()}; "
@@ -263,18 +335,39 @@ def main() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         with bare_server() as (base, pid):
             figures = runner.run(measure(bare_opener(base), args))
-            figures.idle_kb = runner.run(idle_memory(base, pid, args.idle, jalwa=False))
+            figures.idle_kb, figures.idle_cpu = runner.run(
+                idle_memory(base, [pid], args.idle, jalwa=False)
+            )
             results["bare"] = figures
         with tempfile.TemporaryDirectory() as tmp, jalwa_server(Path(tmp)) as (base, pid):
             figures = runner.run(measure(jalwa_opener(base), args))
-            figures.idle_kb = runner.run(idle_memory(base, pid, args.idle, jalwa=True))
+            figures.idle_kb, figures.idle_cpu = runner.run(
+                idle_memory(base, [pid], args.idle, jalwa=True)
+            )
             results["jalwa"] = figures
+        if args.redis:
+            results["jalwa, 2 nodes"] = cross_node(runner, args)
+        if args.redis and args.workers_db and args.workers_mongo:
+            results["jalwa --workers 2"] = two_workers(runner, args)
     bare, ours = results["bare"], results["jalwa"]
     print()
-    print("| server | relayed msg/s | p50 ms (half load) | p99 ms (half load) | KB per idle conn |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| server | relayed msg/s | p50 ms (half load) | p99 ms (half load) "
+        f"| KB per idle conn | % core, {args.idle} idle |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, f in results.items():
-        print(f"| {name} | {f.rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.idle_kb:.1f} |")
+        print(
+            f"| {name} | {f.rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.idle_kb:.1f} "
+            f"| {f.idle_cpu:.1f} |"
+        )
+    for name, f in results.items():
+        if name.startswith("jalwa,") or name.startswith("jalwa --"):
+            print(
+                f"{name} / bare: throughput {f.rate / bare.rate:.2f}, p99 {f.p99_ms:.1f} ms "
+                f"(goal <= 20 across nodes: {'met' if f.p99_ms <= 20 else 'missed'}), "
+                f"idle {f.idle_kb:.1f} KB"
+            )
     print(
         f"\njalwa / bare: throughput {ours.rate / bare.rate:.2f} (goal >= 0.65; >= 50k msg/s: "
         f"{'met' if ours.rate >= 50_000 else 'missed'}), p99 {ours.p99_ms:.1f} ms (goal <= 10: "

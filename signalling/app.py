@@ -207,6 +207,7 @@ def _hub_context(
                 node_ttl_s=settings.presence.node_ttl_s,
             )
         ledger_hooks = LedgerHooks(app[LEDGER], settings.billing)
+        beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3
         sfu = _build_sfu(settings, clock) if settings.media.mode == "sfu" else None
         wings = assemble(
             settings.hub,
@@ -220,6 +221,7 @@ def _hub_context(
             record_policy=settings.media.recording,
             ice_servers=_ice_servers(settings, clock),
             chat=lambda port: ChatService(app[CHAT_STORE], port, settings.chat, clock),
+            records_every=round(settings.presence.ttl_s / 3 / beat_every) or 1,
         )
         hub, calls_wing, presence_wing = wings.hub, wings.calls, wings.presence
         assert wings.chat is not None
@@ -235,7 +237,6 @@ def _hub_context(
         )
         await presence_wing.beat()
         await hub.start_routing()
-        beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3
         tasks = [
             asyncio.create_task(calls_wing.run_timers()),
             asyncio.create_task(_every(beat_every, presence_wing.beat, "presence beat")),
@@ -289,6 +290,7 @@ def assemble(
     ice_servers: Callable[[str], list[IceServerInfo]] = lambda user_id: [],
     chat: Callable[[HubPort], ChatService] | None = None,
     new_call_id: Callable[[], str] | None = None,
+    records_every: int = 1,
 ) -> Wings:
     """The hub with its wings installed and wired to each other: presence asks calls "in a
     call?", calls asks presence to republish and chat whether either party blocked the
@@ -309,7 +311,11 @@ def assemble(
         return calls is not None and calls.in_call(user_id)
 
     presence_wing = Presence(
-        hub, presence, watch_max=hub_settings.presence_watch_max, in_call=in_call
+        hub,
+        presence,
+        watch_max=hub_settings.presence_watch_max,
+        in_call=in_call,
+        records_every=records_every,
     )
     calls = Calls(
         hub,

@@ -37,12 +37,17 @@ class Presence:
         *,
         watch_max: int,
         in_call: Callable[[str], bool],
+        records_every: int = 1,
         logger: logging.Logger | None = None,
     ) -> None:
         self._port = port
         self.store = store
         self._watch_max = watch_max
         self._in_call = in_call
+        # The node's liveness is refreshed on every beat (it decides how soon a dead node is
+        # noticed); the users' records, whose TTL is longer, on every ``records_every``-th.
+        self._records_every = max(1, records_every)
+        self._beats = 0
         self._log = logger or logging.getLogger(__name__)
         self._watchers: dict[str, set[Session]] = {}
         self._shown: dict[str, ShownStatus] = {}  # last status announced per local user
@@ -91,7 +96,9 @@ class Presence:
 
     async def beat(self) -> None:
         """Keep this node's presence alive and clear what dead nodes left behind."""
-        local = list(self._port.local_users())
+        self._beats += 1
+        records = self._beats % self._records_every == 1 or self._records_every == 1
+        local = list(self._port.local_users()) if records else []
         for uid in await self.store.beat(local):
             # The store lost a live session's record (a Redis restart): without this the
             # user would look offline to everyone until they next changed status.

@@ -174,7 +174,12 @@ def _hub_context(
         router: Router = LocalRouter()
         hub_settings = settings.hub
         if settings.redis_url is not None:
-            client = aioredis.from_url(settings.redis_url)
+            # Waits for a free connection instead of failing (redis-py's default pool
+            # raises past 100 at once, which a reconnect storm of a few thousand users hits).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.redis_max_connections, timeout=10
+            )
+            client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
             await client.ping()
             presence = RedisPresence(
                 client,

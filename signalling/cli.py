@@ -237,7 +237,9 @@ def _configure_logging(settings: Settings) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if settings.log_json
-        else structlog.dev.ConsoleRenderer()
+        # Plain tracebacks: rich ones cost ~1 s of CPU each, and a burst of errors must not
+        # become a burst of rendering.
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     handler = logging.StreamHandler()
     handler.setFormatter(

@@ -184,6 +184,9 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
     )
     redis_url: str | None = Field(None, description="Redis for presence; embedded when unset")
+    redis_max_connections: int = Field(
+        64, ge=2, description="Redis connections per node; more operations wait for one"
+    )
     database_url: str | None = Field(
         None, description="PostgreSQL for the ledger (postgresql://...); embedded when unset"
     )

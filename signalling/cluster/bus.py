@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -140,8 +141,17 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyNodeMessage)
 
 
+OUTBOX_MAX = 100_000  # messages waiting for Redis; past it the oldest are dropped
+BATCH_MAX = 512
+
+
 class RedisRouter:
-    """Pub/sub on the caller's Redis client (which the caller closes)."""
+    """Pub/sub on the caller's Redis client (which the caller closes).
+
+    Sending never waits for Redis: messages go, in the order they were sent, into an outbox
+    that one task publishes in pipelined batches (one round trip for many messages, so a
+    relay across nodes is not one Redis round trip per frame). Pub/sub is at-most-once
+    anyway; a message that cannot be published is logged and dropped."""
 
     def __init__(self, redis: Redis, node_id: str, *, prefix: str) -> None:
         self._redis = redis
@@ -151,6 +161,10 @@ class RedisRouter:
         self._prefix = prefix
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self.dropped = 0
 
     async def start(self, inbox: Inbox) -> None:
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -183,14 +197,51 @@ class RedisRouter:
                 log.exception("node bus message %s failed", type(message).__name__)
 
     async def to_node(self, node_id: str, message: NodeMessage) -> None:
-        stamped = msgspec.structs.replace(message, origin=self._node_id)
-        await self._redis.publish(f"{self._prefix}:bus:node:{node_id}", _encoder.encode(stamped))
+        self._post(f"{self._prefix}:bus:node:{node_id}", message)
 
     async def broadcast(self, message: NodeMessage) -> None:
+        self._post(self._shared, message)
+
+    def _post(self, channel: str, message: NodeMessage) -> None:
         stamped = msgspec.structs.replace(message, origin=self._node_id)
-        await self._redis.publish(self._shared, _encoder.encode(stamped))
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._outbox.popleft()
+            self.dropped += 1
+            if self.dropped % 10_000 == 1:
+                log.error("node bus: Redis is not keeping up; %d messages dropped", self.dropped)
+        self._outbox.append((channel, _encoder.encode(stamped)))
+        self._wake.set()
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_MAX))]
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for channel, data in batch:
+                            pipe.publish(channel, data)
+                        await pipe.execute()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.dropped += len(batch)
+                    log.exception("node bus: publishing %d messages failed", len(batch))
+                    await asyncio.sleep(0.2)
 
     async def close(self) -> None:
+        # What is already posted still goes out (a shutdown's call.ended), briefly.
+        for _ in range(20):
+            if not self._outbox:
+                break
+            await asyncio.sleep(0.05)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -68,6 +68,7 @@ class MemoryResume:
         self._window = window_s
         self._max = max_frames
         self._parked: dict[str, _Entry] = {}
+        self._purged_at = float("-inf")
 
     def _live(self, token: str) -> _Entry | None:
         entry = self._parked.get(token)
@@ -78,8 +79,10 @@ class MemoryResume:
 
     async def park(self, token: str, user_id: str, first_seq: int, frames: Sequence[bytes]) -> None:
         now = self._clock.monotonic()
-        for expired in [t for t, e in self._parked.items() if e.expires <= now]:
-            del self._parked[expired]
+        if now - self._purged_at >= 1.0:  # at most once a second: a drop storm stays linear
+            self._purged_at = now
+            for expired in [t for t, e in self._parked.items() if e.expires <= now]:
+                del self._parked[expired]
         entry = _Entry(user_id, first_seq, now + self._window)
         self._parked[token] = entry
         for frame in frames:

@@ -112,11 +112,20 @@ async def test_redis_restart_mid_call_loses_no_presence_and_no_call(
         await bob.send_json({"type": "call.accept", "call_id": cid})
         await recv(alice, "call.started")
 
+        dave = await client.ws_connect("/v1/ws?token=" + token_for("dave"))
+        await recv(dave, "welcome")
+        erin = await client.ws_connect("/v1/ws?token=" + token_for("erin", "host"))
+        await recv(erin, "welcome")
+
         redis.stop()
         FAULTS["redis stopped mid-call"] += 1
         await alice.send_json({"type": "presence.update", "id": "u", "status": "away"})
         err = await recv(alice, "error")
         assert (err["id"], err["code"]) == ("u", "unavailable")
+        # A new call needs Redis (who is where, who is busy): a clear no, not a hang.
+        await dave.send_json({"type": "call.invite", "id": "d", "to": "erin"})
+        err = await recv(dave, "error")
+        assert (err["id"], err["code"]) == ("d", "unavailable")
         refused = await client.ws_connect("/v1/ws?token=" + token_for("carol"))
         msg = await refused.receive(timeout=10)
         assert msg.data == 1013  # try again later: the session could not be registered

@@ -2,11 +2,12 @@
 the real Redis and PostgreSQL. Each kill happens at the worst moment: just after the doomed
 node refreshed its liveness key, so the survivors wait the key's whole TTL.
 
-- The party's node dies: the call's owner ends it (peer_lost) for the survivor within 10 s
-  and watchers elsewhere see the dead node's user offline within 10 s.
-- The owner node dies: the survivor's node ends it for its user within 10 s; the ledger
-  closes it once (its node stopped touching it); the party who was on the dead node is told
-  at their next connect; no minute after the kill is charged; the books are clean.
+- The party's node (without the media) dies: the call's owner ends it (peer_lost) for the
+  survivor within 10 s and watchers elsewhere see the dead node's user offline within 10 s.
+- The owner node (with the call's media) dies: the survivor's node ends it for its user
+  within 10 s; the ledger closes it once (its node stopped touching it); the party who was
+  on the dead node is told at their next connect; no minute after the kill is charged; the
+  books are clean.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[Server, Server, str, 
             "JALWA_BILLING__LOOP_INTERVAL_S": "0.1",
             "JALWA_BILLING__ORPHAN_AFTER_S": "6",
             "JALWA_BILLING__DEFAULT_RATE": "1",
+            # The SFU runs (on the node that owns the call): one kill takes the media node,
+            # the other the node without it. No media connects; the watchdog waits 20 s.
+            "JALWA_MEDIA__MODE": "sfu",
+            "JALWA_MEDIA__HOST_ADDRESSES": '["127.0.0.1"]',
+            "JALWA_MEDIA__INCLUDE_LOOPBACK": "true",
         }
         with (
             serve(tmp_path, JALWA_NODE_ID="node-a", **shared) as a,

@@ -69,6 +69,21 @@ class Parties:
     async def alive(self, node: str) -> bool:
         return node in await self._nodes_alive([node])
 
+    async def owner_of(self, user_id: str, call_id: str) -> str | None:
+        """The other node that runs ``call_id`` with this node's user in it, if any. Asks
+        the directory when this node has not heard of the call (a message that overtook
+        the owner's note, or a note that was lost)."""
+        entry = self._remote.get(user_id)
+        if entry is None or entry.call_id != call_id:
+            found = (await self.directory.of_users([user_id])).get(user_id)
+            if found is None or found.call_id != call_id or found.owner == self.node:
+                return None
+            if self._port.session_of(user_id) is not None:
+                self._remote[user_id] = entry = found
+            else:
+                return found.owner
+        return entry.owner
+
     def remote_call(self, user_id: str) -> CallEntry | None:
         """The call this node's user is in, owned by another node."""
         return self._remote.get(user_id)

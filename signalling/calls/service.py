@@ -251,10 +251,10 @@ class Calls:
         """The handler of a call message: run here, or on the node that owns the call."""
 
         async def handle(session: Session, msg: Any) -> Outcome:
-            remote = self.parties.remote_call(session.user_id)
-            here = self.book.get(msg.call_id) is not None
-            if remote is not None and remote.call_id == msg.call_id and not here:
-                return await self._forwarder.ask(session, remote.owner, msg)
+            if self.book.get(msg.call_id) is None:
+                owner = await self.parties.owner_of(session.user_id, msg.call_id)
+                if owner is not None:
+                    return await self._forwarder.ask(session, owner, msg)
             effects = await op(session.user_id, msg, session.send)
             return None, [_Run(self, effects)]
 

@@ -244,12 +244,15 @@ async def idle_memory(
         await asyncio.sleep(0.5)
         before = sum(map(rss, pids))
         sockets = []
+        readers = []
         for n in range(idle):
             url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
             ws = await http.ws_connect(url, autoping=True)
             if jalwa:
                 await recv(ws, "welcome", within_s=10)
             sockets.append(ws)
+            # An idle app still reads: aiohttp answers the server's pings while receiving.
+            readers.append(asyncio.create_task(_drain(ws)))
         await asyncio.sleep(1.0)
         grown = sum(map(rss, pids)) - before
         cpu_before = sum(map(cpu_seconds, pids))
@@ -257,7 +260,13 @@ async def idle_memory(
         cpu = (sum(map(cpu_seconds, pids)) - cpu_before) / cpu_s * 100
         for ws in sockets:
             await ws.close()
+        await asyncio.gather(*readers, return_exceptions=True)
         return grown / idle / 1024, cpu
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
 
 
 async def measure(opener: Opener, args: argparse.Namespace) -> Figures:

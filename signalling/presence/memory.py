@@ -26,6 +26,7 @@ class MemoryPresence:
         self._world = world
         self._ttl = ttl_s
         self._node_ttl = node_ttl_s
+        self._next_purge = float("-inf")  # a whole scan per beat is O(users): a third of ttl
 
     def _now(self) -> float:
         return self._world.clock.monotonic()
@@ -86,6 +87,9 @@ class MemoryPresence:
     async def sweep(self) -> list[str]:
         now = self._now()
         dead = {n for n, exp in self._world.nodes.items() if exp <= now}
+        if not dead and now < self._next_purge:
+            return []  # expired records are invisible to readers already; purge them later
+        self._next_purge = now + self._ttl / 3
         # Expired records are simply gone (as Redis TTLs are); only a dead node's live
         # records are reported, since nobody else will say those users left.
         reported = []

@@ -146,7 +146,7 @@ class Parties:
         if moved.node:
             self._where[uid] = (moved.node, moved.session_id)
             self._book.party_back(uid)
-        elif self.is_current(uid, moved.session_id):
+        elif self.is_current(uid, moved.session_id) and not self._book.is_lost(uid):
             await self._party_lost(uid)
 
     # --- another node owns the call -------------------------------------------------------
@@ -169,11 +169,14 @@ class Parties:
             role="caller" if uid == entry.caller.user_id else "callee",
         )
 
-    async def left(self, session: Session) -> None:
-        """The user's session here ended: the owner of their call elsewhere hears it."""
+    async def left(self, session: Session, *, parked: bool = False) -> None:
+        """The user's session here ended: the owner of their call elsewhere hears it. A
+        ``parked`` one (dropped, resumable) keeps the call known here, so the user still
+        shows busy, until it ends or the parking does."""
         uid = session.user_id
-        entry = self._remote.pop(uid, None)
-        self._vanished.pop(uid, None)
+        entry = self._remote.get(uid) if parked else self._remote.pop(uid, None)
+        if not parked:
+            self._vanished.pop(uid, None)
         if entry is not None:
             lost = PartyMoved(user_id=uid, call_id=entry.call_id, session_id=session.session_id)
             await self._port.to_node(entry.owner, lost)

@@ -176,9 +176,9 @@ class Calls:
         # moved to another node, whose welcome brings it back, or could not join).
         uid = session.user_id
         if self.book.call_of(uid) is None:
-            await self.parties.left(session)
-        elif self.parties.is_current(uid, session.session_id):
-            await self._lost(uid)
+            await self.parties.left(session, parked=how is Departure.DETACHED)
+        elif self.parties.is_current(uid, session.session_id) and not self.book.is_lost(uid):
+            await self._lost(uid)  # (a parked session that ends later changes nothing)
 
     async def _lost(self, user_id: str) -> None:
         await self.carry_out(self.book.party_lost(user_id, now=self._clock.monotonic()))

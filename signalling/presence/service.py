@@ -51,6 +51,7 @@ class Presence:
         self._log = logger or logging.getLogger(__name__)
         self._watchers: dict[str, set[Session]] = {}
         self._shown: dict[str, ShownStatus] = {}  # last status announced per local user
+        self._parked: dict[str, Session] = {}  # dropped sessions kept for a resume (§3.1)
 
     def install(self) -> None:
         port = self._port
@@ -74,11 +75,14 @@ class Presence:
     async def _left(self, session: Session, how: Departure) -> None:
         uid = session.user_id
         if how is Departure.DETACHED:
-            # Parked for a resume (§3.1): offline to everyone, but the record stays (status
-            # offline, never matched or rung) so frames for the user still reach this
-            # node, and so do the changes of the users it watches.
-            await self.publish(session, status="offline")
+            # Parked for a resume (§3.1): offline to everyone (busy while a call waits for
+            # them), but the record stays, never matched or rung, so frames for the user
+            # still reach this node, and so do the changes of the users it watches.
+            self._parked[uid] = session
+            await self.publish(session, status=self._parked_status(uid))
             return
+        if self._parked.get(uid) is session:
+            del self._parked[uid]
         self._unwatch_all(session)
         if how is Departure.REPLACED_HERE:
             return  # the newer session owns the user's presence
@@ -107,13 +111,20 @@ class Presence:
             if self._port.session_of(uid) is None:
                 await self._announce(uid, "offline")
 
+    def _parked_status(self, user_id: str) -> ShownStatus:
+        return "busy" if self._in_call(user_id) else "offline"
+
     async def refresh(self, user_id: str) -> None:
         """Publish the user's status again (a call started or ended); never raises."""
         session = self._port.session_of(user_id)
-        if session is None:
+        parked = self._parked.get(user_id) if session is None else None
+        if session is None and parked is None:
             return
         try:
-            await self.publish(session)
+            if parked is not None:
+                await self.publish(parked, status=self._parked_status(user_id))
+            elif session is not None:
+                await self.publish(session)
         except Exception:
             # Presence catches up at the user's next update; the call must go on.
             self._log.exception("presence update for %s failed", user_id)

@@ -197,3 +197,35 @@ async def test_resumes_that_cannot_give_everything_say_resync_required(
         await asyncio.sleep(0.3)
         assert not await resumed("alice", f"&resume={token}&last_seq={seq}")
         await bob.stop()
+
+
+async def test_a_dropped_party_is_busy_on_every_node_while_the_call_waits(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+) -> None:
+    async with (
+        cluster(aiohttp_client, make_settings, token_for) as c,
+        through(c.b) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await c.join(c.a, "alice")  # node A runs the call
+        bob = await join(http, f"http://127.0.0.1:{proxy.port}", token_for("bob", "host"))
+        await alice.send_json({"type": "call.invite", "id": "i", "to": "bob"})
+        cid = (await recv(alice, "ack"))["call_id"]
+        await bob.ws.send_json({"type": "call.accept", "call_id": cid})
+        await recv(alice, "call.started")
+
+        proxy.cut()  # bob's connection drops: parked on B, his call waits for him (5 s)
+        await bob.stop()
+        await asyncio.sleep(0.5)
+        for node, who in ((c.a, "carol"), (c.b, "dave")):
+            watcher = await c.join(node, who)
+            await watcher.send_json({"type": "presence.watch", "id": "w", "user_ids": ["bob"]})
+            assert (await recv(watcher, "ack"))["presence"] == {"bob": "busy"}, who
+            await watcher.send_json({"type": "call.invite", "id": "x", "to": "bob"})
+            assert (await recv(watcher, "error"))["code"] == "callee_busy", who
+            # When the call gives up on him, he is offline (not busy) for everyone.
+            if who == "dave":
+                ended = await recv(alice, "call.ended", within_s=8)
+                assert ended["reason"] == "peer_lost"
+                changed = await recv(watcher, "presence.changed", within_s=5)
+                assert (changed["user_id"], changed["status"]) == ("bob", "offline")

@@ -69,6 +69,7 @@ class Figures:
     p99_ms: float = 0.0
     idle_kb: float = 0.0
     idle_cpu: float = 0.0  # % of one core the servers burn while the connections idle
+    accepts: float = 0.0  # new (authenticated) connections per second, one after another
 
 
 def cpu_seconds(pid: int) -> float:
@@ -232,9 +233,11 @@ async def latency(pairs: list[Pair], rate: float, seconds: float) -> tuple[float
 
 async def idle_memory(
     base: str, pids: list[int], idle: int, jalwa: bool, cpu_s: float = 5.0
-) -> tuple[float, float]:
-    """RSS growth of the server processes per idle connection opened, in KB, and the CPU
-    they burn over ``cpu_s`` seconds with those connections idle, in % of one core."""
+) -> tuple[float, float, float]:
+    """RSS growth of the server processes per idle connection opened, in KB; the CPU they
+    burn over ``cpu_s`` seconds with those connections idle, in % of one core; and the
+    connections accepted per second while opening them (one after another, each up to its
+    ``welcome`` for jalwa)."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         tokens: list[str] = []
         if jalwa:
@@ -245,6 +248,7 @@ async def idle_memory(
         before = sum(map(rss, pids))
         sockets = []
         readers = []
+        opened_at = time.perf_counter()
         for n in range(idle):
             url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
             ws = await http.ws_connect(url, autoping=True)
@@ -253,6 +257,7 @@ async def idle_memory(
             sockets.append(ws)
             # An idle app still reads: aiohttp answers the server's pings while receiving.
             readers.append(asyncio.create_task(_drain(ws)))
+        accepts = idle / (time.perf_counter() - opened_at)
         await asyncio.sleep(1.0)
         grown = sum(map(rss, pids)) - before
         cpu_before = sum(map(cpu_seconds, pids))
@@ -261,7 +266,7 @@ async def idle_memory(
         for ws in sockets:
             await ws.close()
         await asyncio.gather(*readers, return_exceptions=True)
-        return grown / idle / 1024, cpu
+        return grown / idle / 1024, cpu, accepts
 
 
 async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -297,7 +302,7 @@ def cross_node(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
         jalwa_server(Path(tmp), JALWA_NODE_ID="bench-b", **shared) as (base_b, _),
     ):
         figures = runner.run(measure(jalwa_opener(base_a, base_b), args))
-        figures.idle_kb, figures.idle_cpu = runner.run(
+        figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
             idle_memory(base_a, [pid_a], args.idle, jalwa=True)
         )
     return figures
@@ -320,7 +325,7 @@ def two_workers(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
         time.sleep(1.0)  # both workers listening
         figures = runner.run(measure(jalwa_opener(base), args))
         workers = pids_of(supervisor)
-        figures.idle_kb, figures.idle_cpu = runner.run(
+        figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
             idle_memory(base, workers, args.idle, jalwa=True)
         )
     return figures
@@ -344,13 +349,13 @@ def main() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         with bare_server() as (base, pid):
             figures = runner.run(measure(bare_opener(base), args))
-            figures.idle_kb, figures.idle_cpu = runner.run(
+            figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=False)
             )
             results["bare"] = figures
         with tempfile.TemporaryDirectory() as tmp, jalwa_server(Path(tmp)) as (base, pid):
             figures = runner.run(measure(jalwa_opener(base), args))
-            figures.idle_kb, figures.idle_cpu = runner.run(
+            figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=True)
             )
             results["jalwa"] = figures
@@ -362,13 +367,13 @@ def main() -> None:
     print()
     print(
         "| server | relayed msg/s | p50 ms (half load) | p99 ms (half load) "
-        f"| KB per idle conn | % core, {args.idle} idle |"
+        f"| KB per idle conn | % core, {args.idle} idle | connections accepted/s |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, f in results.items():
         print(
             f"| {name} | {f.rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.idle_kb:.1f} "
-            f"| {f.idle_cpu:.1f} |"
+            f"| {f.idle_cpu:.1f} | {f.accepts:,.0f} |"
         )
     for name, f in results.items():
         if name.startswith("jalwa,") or name.startswith("jalwa --"):

@@ -60,6 +60,7 @@ from tests.wsutil import recv
 
 JALWA = str(Path(sys.executable).parent / "jalwa")
 CANDIDATE = "candidate:1 1 udp 2122260223 192.0.2.10 54321 typ host"
+ACCEPT_CONCURRENCY = 50  # idle connections opened at once
 
 
 @dataclass
@@ -248,15 +249,21 @@ async def idle_memory(
         before = sum(map(rss, pids))
         sockets = []
         readers = []
-        opened_at = time.perf_counter()
-        for n in range(idle):
+
+        async def open_one(n: int) -> None:
             url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
             ws = await http.ws_connect(url, autoping=True)
             if jalwa:
-                await recv(ws, "welcome", within_s=10)
+                await recv(ws, "welcome", within_s=30)
             sockets.append(ws)
             # An idle app still reads: aiohttp answers the server's pings while receiving.
             readers.append(asyncio.create_task(_drain(ws)))
+
+        opened_at = time.perf_counter()
+        for start in range(0, idle, ACCEPT_CONCURRENCY):  # a crowd arriving, not a queue
+            await asyncio.gather(
+                *map(open_one, range(start, min(idle, start + ACCEPT_CONCURRENCY)))
+            )
         accepts = idle / (time.perf_counter() - opened_at)
         await asyncio.sleep(1.0)
         grown = sum(map(rss, pids)) - before

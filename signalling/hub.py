@@ -255,12 +255,13 @@ class Hub:
         del self.sessions[uid]
         if resumable and self.parking is not None and session.resume_token is not None:
             try:
-                await self.parking.park(session)
+                parked = await self.parking.park(session)
             except Exception:
                 self._log.exception("parking %s for a resume failed", uid)
             else:
-                await self._leave(session, Departure.DETACHED)
-                return
+                if parked:
+                    await self._leave(session, Departure.DETACHED)
+                return  # (not parked: a newer session replaced it meanwhile)
         await self._leave(session, Departure.GONE)
 
     async def _leave(self, session: Session, how: Departure) -> None:

@@ -40,15 +40,26 @@ class Parking:
     def get(self, user_id: str) -> Session | None:
         return self.sessions.get(user_id)
 
-    async def park(self, session: Session) -> None:
-        """Park ``session`` (its connection dropped); raises if the store is away."""
+    async def park(self, session: Session) -> bool:
+        """Park ``session`` (its connection dropped); raises if the store is away. False if
+        a newer session of the user took over while the store was written (then it is not
+        parked, and its departure has been seen already)."""
         frames: asyncio.Queue[bytes] = asyncio.Queue()
         first_seq, kept = session.detach(frames.put_nowait)
         assert session.resume_token is not None
-        await self._store.park(session.resume_token, session.user_id, first_seq, kept)
+        # Frames for the user from now on reach it (queued until the store has the rest).
         self.sessions[session.user_id] = session
+        try:
+            await self._store.park(session.resume_token, session.user_id, first_seq, kept)
+        except BaseException:
+            if self.sessions.get(session.user_id) is session:
+                del self.sessions[session.user_id]
+            raise
+        if self.sessions.get(session.user_id) is not session:
+            return False
         writer = asyncio.create_task(self._write(session, frames))
         self._writers[session.session_id] = writer
+        return True
 
     async def _write(self, session: Session, frames: asyncio.Queue[bytes]) -> None:
         token = session.resume_token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -13,9 +14,10 @@ from signalling.auth import Identity, Role
 from signalling.calls.hooks import CallRefused, EndFigures, FreeCalls, StartTerms
 from signalling.calls.machine import Call
 from signalling.clock import ManualClock
+from signalling.cluster.resume import MemoryResume
 from signalling.presence.memory import MemoryPresence, MemoryWorld
 from signalling.presence.store import PresenceRecord
-from signalling.protocol import CloseCode, EndReason
+from signalling.protocol import CloseCode, EndReason, Error
 from signalling.session import Session
 from signalling.settings import HubSettings
 
@@ -443,3 +445,41 @@ async def test_two_racing_connects_leave_the_newer_sessions_record() -> None:
     assert older.close_code is CloseCode.REPLACED
     record = (await env.presence.get_many(["alice"]))["alice"]
     assert record.session_id == second.session_id
+
+
+class SlowResume(MemoryResume):
+    """A resume store whose ``park`` waits for the test to let it finish."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock, window_s=120, max_frames=64)
+        self.release = asyncio.Event()
+
+    async def park(self, token: str, user_id: str, first_seq: int, frames: Sequence[bytes]) -> None:
+        await self.release.wait()
+        await super().park(token, user_id, first_seq, frames)
+
+
+async def test_a_session_replaced_while_it_is_being_parked_stays_replaced() -> None:
+    clock = ManualClock()
+    presence = MemoryPresence(MemoryWorld(clock), "n1", ttl_s=15, node_ttl_s=10)
+    store = SlowResume(clock)
+    wings = assemble(HubSettings(), presence, clock=clock, hooks=FreeCalls(), resume=store)
+    hub = wings.hub
+    watcher = await hub.connect(BOB)
+    await env_send(hub, watcher, type="presence.watch", id="w", user_ids=["alice"])
+    old = await hub.connect(ALICE)
+    parking = asyncio.create_task(hub.disconnect(old, resumable=True))
+    await asyncio.sleep(0)  # the parking waits on the store
+    new = await hub.connect(ALICE)  # the app reconnects first, without resuming
+    store.release.set()
+    await parking
+    assert hub.parking is not None and hub.parking.get("alice") is None
+    record = (await presence.get_many(["alice"]))["alice"]
+    assert (record.session_id, record.status) == (new.session_id, "available")
+    # Frames for alice reach the new session, not the one that was being parked.
+    hub.deliver("alice", Error(code="x", message="to the new one"))
+    assert of_type(new, "error")[-1]["message"] == "to the new one"
+
+
+async def env_send(hub: Any, session: Session, **msg: Any) -> None:
+    await hub.handle_frame(session, msgspec.json.encode(msg).decode())

@@ -109,8 +109,8 @@ class Parties:
         return self._where.get(user_id, ("", session_id))[1] == session_id
 
     async def send(self, user_id: str, message: ServerMessage) -> None:
-        """To a party of a call owned here, on whichever node they are (a party between
-        connections gets nothing: they learn the state from their next welcome)."""
+        """To a party of a call owned here, on whichever node they are (a parked one gets it
+        in its resume buffer; one gone for good gets nothing: their next welcome has it)."""
         if self._port.deliver(user_id, message):
             return
         node = self._where.get(user_id, NOWHERE)[0]

@@ -58,6 +58,8 @@ async def test_database_away_mid_call_ends_it_and_bills_only_what_was_used(
             assert (await client.post("/v1/admin/credit", json=credit, headers=admin)).status == 200
             alice = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
             bob = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+            for ws in (alice, bob):  # both sessions up before bob is rung
+                await recv(ws, "welcome")
             await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
             cid = (await recv(alice, "ack"))["call_id"]
             await bob.send_json({"type": "call.accept", "call_id": cid})
@@ -107,6 +109,8 @@ async def test_redis_restart_mid_call_loses_no_presence_and_no_call(
         client: TestClient[Any, Any] = await aiohttp_client(create_app(settings, hooks=FreeCalls()))
         alice = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
         bob = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+        for ws in (alice, bob):  # both sessions up before bob is rung
+            await recv(ws, "welcome")
         await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
         cid = (await recv(alice, "ack"))["call_id"]
         await bob.send_json({"type": "call.accept", "call_id": cid})
@@ -238,6 +242,8 @@ async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
                 bob_token = (await resp.json())["token"]
                 alice = await http.ws_connect(f"{doomed.url}/v1/ws?token={alice_token}")
                 bob = await http.ws_connect(f"{doomed.url}/v1/ws?token={bob_token}")
+                for ws in (alice, bob):  # both sessions up before bob is rung
+                    await recv(ws, "welcome")
                 await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
                 cid = (await recv(alice, "ack"))["call_id"]
                 await bob.send_json({"type": "call.accept", "call_id": cid})

@@ -53,6 +53,8 @@ async def test_call_billed_in_postgres_until_money_runs_out(
 
         alice = await client.ws_connect("/v1/ws?token=" + token_for("alice"))
         bob = await client.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
+        for ws in (alice, bob):  # both sessions up before bob is rung
+            await recv(ws, "welcome")
         await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
         cid = (await recv(alice, "ack"))["call_id"]
         await bob.send_json({"type": "call.accept", "call_id": cid})

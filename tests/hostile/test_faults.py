@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,19 @@ from tests.conftest import MakeSettings, MakeToken
 from tests.contract.ledger.books import fresh_database
 from tests.hostile.faults import CutProxy, PrivateRedis
 from tests.integration.processes import serve
-from tests.integration.services import require_mongo, require_redis
+from tests.integration.services import forget_prefix, require_mongo, require_redis
 from tests.wsutil import recv, until
 
 AiohttpClient = Any
 FAULTS: Counter[str] = Counter()  # injected and survived, for docs/security.md
+
+
+@asynccontextmanager
+async def forgetting(prefix: str) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await forget_prefix(prefix)  # some keys (who was told a call ended) live a day
 
 
 def auth(token: str) -> dict[str, str]:
@@ -224,10 +234,11 @@ async def test_a_node_killed_with_a_paid_call_on_it(tmp_path: Path) -> None:
     last touch once it is orphaned, the books are clean, and the parties hear of it when
     they connect to the surviving node and can call again there."""
     redis_url = require_redis()
-    async with fresh_database() as dsn:
+    prefix = f"jalwa-kill-{time.time_ns()}"
+    async with fresh_database() as dsn, forgetting(prefix):
         shared = {
             "JALWA_REDIS_URL": redis_url,
-            "JALWA_PRESENCE__KEY_PREFIX": f"jalwa-kill-{time.time_ns()}",
+            "JALWA_PRESENCE__KEY_PREFIX": prefix,
             "JALWA_DATABASE_URL": dsn,
             "JALWA_BILLING__MINUTE_SECONDS": "1",
             "JALWA_BILLING__LOOP_INTERVAL_S": "0.1",

@@ -45,6 +45,7 @@ from ..protocol import (
     MediaMode,
     ShownStatus,
     Welcome,
+    shown_status,
 )
 from ..session import Session
 from ..settings import HubSettings
@@ -56,11 +57,6 @@ from .parties import NodesAlive, Parties
 from .relay import MediaServer, Reply, RtcRelay
 
 InviteGuard = Callable[[Identity, Identity], Awaitable[None]]
-_SHOWN: dict[str, ShownStatus] = {
-    "available": "available",
-    "busy": "busy",
-    "away": "away",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +241,7 @@ class Calls:
                 return entry.party(user_id).identity(), "busy", ("", "")
             raise CallError(f"{user_id} is offline", code=ErrorCode.CALLEE_OFFLINE)
         identity = Identity(record.user_id, Role(record.role), record.name)
-        return identity, _SHOWN.get(record.status, "offline"), (record.node_id, record.session_id)
+        return identity, shown_status(record.status), (record.node_id, record.session_id)
 
     def _routed(self, op: Op) -> Callable[[Session, Any], Awaitable[Outcome]]:
         """The handler of a call message: run here, or on the node that owns the call."""

@@ -24,6 +24,7 @@ from ..protocol import (
     PresenceWatch,
     ShownStatus,
     encode,
+    shown_status,
 )
 from ..session import Session
 from .store import PresenceRecord, PresenceStore
@@ -149,7 +150,8 @@ class Presence:
         session.watching |= wanted
         records = await self.store.get_many(wanted)
         shown: dict[str, ShownStatus] = {
-            uid: _shown(records[uid].status) if uid in records else "offline" for uid in wanted
+            uid: shown_status(records[uid].status) if uid in records else "offline"
+            for uid in wanted
         }
         return (Ack(id=msg.id, presence=shown) if msg.id is not None else None), []
 
@@ -196,7 +198,7 @@ class Presence:
             self._log.exception("presence broadcast for %s failed", user_id)
 
     async def _from_other_node(self, note: PresenceNote) -> None:
-        self._notify(note.user_id, _shown(note.status))
+        self._notify(note.user_id, shown_status(note.status))
 
     def _notify(self, user_id: str, status: ShownStatus) -> None:
         watchers = self._watchers.get(user_id)
@@ -216,11 +218,3 @@ class Presence:
             watchers.discard(session)
             if not watchers:
                 del self._watchers[user_id]
-
-
-_SHOWN: dict[str, ShownStatus] = {"available": "available", "busy": "busy", "away": "away"}
-
-
-def _shown(status: str) -> ShownStatus:
-    """A status read from the store or the bus (written by a node, so one of these)."""
-    return _SHOWN.get(status, "offline")

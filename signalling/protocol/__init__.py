@@ -61,6 +61,7 @@ from .codes import (
     ShownStatus,
     Status,
     UserRole,
+    shown_status,
 )
 from .server import (
     SERVER_MESSAGES,
@@ -160,4 +161,5 @@ __all__ = [
     "decode",
     "encode",
     "peek_id",
+    "shown_status",
 ]

@@ -14,6 +14,14 @@ Status = Literal["available", "busy", "away"]
 """A status a user chooses (§4)."""
 ShownStatus = Literal["available", "busy", "away", "offline"]
 """The status others see (§4): the chosen one, ``busy`` in a call, ``offline`` if not connected."""
+_SHOWN: dict[str, ShownStatus] = {"available": "available", "busy": "busy", "away": "away"}
+
+
+def shown_status(stored: str) -> ShownStatus:
+    """A status read from a store or the node bus (written by a node, so one of these)."""
+    return _SHOWN.get(stored, "offline")
+
+
 MediaMode = Literal["p2p", "sfu"]
 UserRole = Literal["caller", "host", "admin"]
 CallState = Literal["ringing", "active"]

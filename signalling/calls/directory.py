@@ -24,8 +24,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from ..auth import Identity, Role
+from ..auth import Identity, Role, user_info
 from ..clock import Clock
+from ..protocol import CallInfo
 
 
 class PartyRef(msgspec.Struct, frozen=True, array_like=True):
@@ -60,6 +61,15 @@ class CallEntry(msgspec.Struct, frozen=True, array_like=True):
 
     def peer_of(self, user_id: str) -> PartyRef:
         return self.callee if user_id == self.caller.user_id else self.caller
+
+    def info(self, user_id: str) -> CallInfo:
+        """The call as ``welcome`` shows it to ``user_id`` (§3)."""
+        return CallInfo(
+            call_id=self.call_id,
+            state=self.state,
+            peer=user_info(self.peer_of(user_id).identity()),
+            role="caller" if user_id == self.caller.user_id else "callee",
+        )
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
-from ..auth import user_info
 from ..cluster.bus import PartyInCall, PartyMoved, UserFrame
 from ..port import HubPort
 from ..protocol import CallEnded, CallInfo, EndReason, ServerMessage, encode
@@ -162,12 +161,7 @@ class Parties:
             user_id=uid, call_id=entry.call_id, session_id=session.session_id, node=self.node
         )
         await self._port.to_node(entry.owner, back)
-        return CallInfo(
-            call_id=entry.call_id,
-            state=entry.state,
-            peer=user_info(entry.peer_of(uid).identity()),
-            role="caller" if uid == entry.caller.user_id else "callee",
-        )
+        return entry.info(uid)
 
     async def left(self, session: Session, *, parked: bool = False) -> None:
         """The user's session here ended: the owner of their call elsewhere hears it. A

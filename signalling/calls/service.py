@@ -160,7 +160,7 @@ class Calls:
         call = self.book.party_back(uid)
         if call is not None:
             self.parties.joined(uid, (self._port.node_id, session.session_id))
-            info: CallInfo | None = self._call_info(call, uid)
+            info: CallInfo | None = self.parties.entry(call).info(uid)
         else:
             info = await self.parties.welcome(session)  # a call another node runs
         return msgspec.structs.replace(welcome, media=self._media, call=info)
@@ -178,14 +178,6 @@ class Calls:
 
     async def _lost(self, user_id: str) -> None:
         await self.carry_out(self.book.party_lost(user_id, now=self._clock.monotonic()))
-
-    def _call_info(self, call: Call, user_id: str) -> CallInfo:
-        return CallInfo(
-            call_id=call.call_id,
-            state="active" if call.state is CallState.ACTIVE else "ringing",
-            peer=user_info(call.peer_of(user_id)),
-            role="caller" if user_id == call.caller.user_id else "callee",
-        )
 
     # --- handlers (§5) ------------------------------------------------------------------
 

@@ -124,12 +124,12 @@ class Hub:
         parked = self.parking.sessions if self.parking is not None else {}
         return [*self.sessions, *parked]
 
+    def parked(self, user_id: str) -> Session | None:
+        return self.parking.get(user_id) if self.parking is not None else None
+
     def _target(self, user_id: str) -> Session | None:
         """The session frames for the user go to: connected, or parked for a resume."""
-        session = self.sessions.get(user_id)
-        if session is None and self.parking is not None:
-            session = self.parking.get(user_id)
-        return session
+        return self.sessions.get(user_id) or self.parked(user_id)
 
     def deliver(self, user_id: str, message: ServerMessage) -> bool:
         session = self._target(user_id)
@@ -195,7 +195,7 @@ class Hub:
         if resume is not None and self._resume is not None:
             replay = _missed(await self._resume.take(resume[0], uid), resume[1])
             session.resumed = replay is not None
-        parked = self.parking.get(uid) if self.parking is not None else None
+        parked = self.parked(uid)
         if parked is not None and self.parking is not None:
             self.parking.drop(parked)  # this session takes over (resumed or not)
             await self._leave(parked, Departure.REPLACED_HERE)
@@ -354,10 +354,10 @@ class Hub:
             session.send_frame(message.frame)
 
     async def _close_from_other_node(self, message: CloseSession) -> None:
-        parked = self.parking.get(message.user_id) if self.parking is not None else None
+        parked = self.parked(message.user_id)
         if parked is not None and parked.session_id == message.session_id:
             # Resumed (or a fresh session) on another node, which owns the user now.
-            assert self.parking is not None
+            assert self.parking is not None  # parked() found it there
             self.parking.drop(parked)
             await self._leave(parked, Departure.MOVED)
             return

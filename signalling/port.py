@@ -96,6 +96,9 @@ class HubPort(Protocol):
     def session_of(self, user_id: str) -> Session | None:
         """The user's session on this node."""
 
+    def parked(self, user_id: str) -> Session | None:
+        """The user's dropped session kept here for a resume (§3.1), if any."""
+
     def local_users(self) -> Iterable[str]: ...
 
     def deliver(self, user_id: str, message: ServerMessage) -> bool:

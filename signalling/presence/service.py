@@ -52,7 +52,6 @@ class Presence:
         self._log = logger or logging.getLogger(__name__)
         self._watchers: dict[str, set[Session]] = {}
         self._shown: dict[str, ShownStatus] = {}  # last status announced per local user
-        self._parked: dict[str, Session] = {}  # dropped sessions kept for a resume (§3.1)
 
     def install(self) -> None:
         port = self._port
@@ -79,11 +78,8 @@ class Presence:
             # Parked for a resume (§3.1): offline to everyone (busy while a call waits for
             # them), but the record stays, never matched or rung, so frames for the user
             # still reach this node, and so do the changes of the users it watches.
-            self._parked[uid] = session
             await self.publish(session, status=self._parked_status(uid))
             return
-        if self._parked.get(uid) is session:
-            del self._parked[uid]
         self._unwatch_all(session)
         if how is Departure.REPLACED_HERE:
             return  # the newer session owns the user's presence
@@ -101,8 +97,8 @@ class Presence:
 
     async def beat(self) -> None:
         """Keep this node's presence alive and clear what dead nodes left behind."""
+        records = self._beats % self._records_every == 0  # the first beat writes them
         self._beats += 1
-        records = self._beats % self._records_every == 1 or self._records_every == 1
         local = list(self._port.local_users()) if records else []
         for uid in await self.store.beat(local):
             # The store lost a live session's record (a Redis restart): without this the
@@ -118,7 +114,7 @@ class Presence:
     async def refresh(self, user_id: str) -> None:
         """Publish the user's status again (a call started or ended); never raises."""
         session = self._port.session_of(user_id)
-        parked = self._parked.get(user_id) if session is None else None
+        parked = self._port.parked(user_id) if session is None else None
         if session is None and parked is None:
             return
         try:

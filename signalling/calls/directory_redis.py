@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from ..cluster.replies import as_bytes, as_str
 from .directory import NOTICE_TTL_S, NOTICES_MAX, CallEntry, decode_entry, encode_entry
 
 # KEYS: call key, caller's key, callee's key. ARGV: call id, entry, ttl, call key prefix.
@@ -95,14 +96,6 @@ return out
 """
 
 
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _b(value: object) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
 class RedisCallDirectory:
     """``CallDirectory`` on the caller's Redis client (which the caller closes)."""
 
@@ -157,14 +150,14 @@ class RedisCallDirectory:
         rows = await self._of_users(args=[self._p, *uids])
         out = {}
         for uid, blob in rows:
-            entry = decode_entry(_b(blob))
-            if _s(uid) in entry.parties():
-                out[_s(uid)] = entry
+            entry = decode_entry(as_bytes(blob))
+            if as_str(uid) in entry.parties():
+                out[as_str(uid)] = entry
         return out
 
     async def by_id(self, call_id: str) -> CallEntry | None:
         blob = await self._redis.get(self._call_key(call_id))
-        return None if blob is None else decode_entry(_b(blob))
+        return None if blob is None else decode_entry(as_bytes(blob))
 
     async def first_to_tell(self, call_id: str, user_id: str) -> bool:
         key = f"{self._p}told:{call_id}:{user_id}"
@@ -184,4 +177,4 @@ class RedisCallDirectory:
             pipe.lrange(key, 0, -1)
             pipe.delete(key)
             frames, _ = await pipe.execute()
-        return [_b(frame) for frame in frames]
+        return [as_bytes(frame) for frame in frames]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from .replies import as_bytes, as_str
 from .resume import Parked
 
 # KEYS: meta, list. ARGV: user, first seq, ttl ms, max frames, frames...
@@ -55,10 +56,6 @@ return {m[2], m[3], frames}
 """
 
 
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class RedisResume:
     """``ResumeStore`` on the caller's Redis client (which the caller closes)."""
 
@@ -87,7 +84,7 @@ class RedisResume:
         first, over, frames = found
         return Parked(
             user_id=user_id,
-            first_seq=int(_s(first)),
-            frames=[f if isinstance(f, bytes) else str(f).encode() for f in frames],
-            overflowed=_s(over) == "1",
+            first_seq=int(as_str(first)),
+            frames=[as_bytes(f) for f in frames],
+            overflowed=as_str(over) == "1",
         )

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from ..cluster.replies import as_str
 from .store import PresenceRecord
 
 _SET = """
@@ -184,15 +185,8 @@ return 1
 """
 
 
-def _s(value: object) -> str:
-    """Reply item as str whether or not the caller's client has ``decode_responses``."""
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-
-
 def _opt_float(value: object) -> float | None:
-    return None if value is None else float(_s(value))
+    return None if value is None else float(as_str(value))
 
 
 class RedisPresence:
@@ -298,12 +292,12 @@ class RedisPresence:
         out: dict[str, PresenceRecord] = {}
         for uid, status, role, name, node, session, lat, lon in rows:
             rec = PresenceRecord(
-                user_id=_s(uid),
-                status=_s(status),
-                role=_s(role),
-                name=_s(name),
-                node_id=_s(node),
-                session_id=_s(session),
+                user_id=as_str(uid),
+                status=as_str(status),
+                role=as_str(role),
+                name=as_str(name),
+                node_id=as_str(node),
+                session_id=as_str(session),
                 lat=_opt_float(lat),
                 lon=_opt_float(lon),
             )
@@ -315,7 +309,7 @@ class RedisPresence:
         if limit <= 0:
             return []
         uids = await self._available(keys=[f"{self._p}avail:{role}"], args=[self._p, role, limit])
-        return [_s(u) for u in uids]
+        return [as_str(u) for u in uids]
 
     async def beat(self, user_ids: Iterable[str]) -> list[str]:
         """Set this node's liveness key and refresh the TTL of those of ``user_ids`` whose
@@ -325,7 +319,7 @@ class RedisPresence:
             keys=[self._node_key],
             args=[self._p, self.node_id, self._node_ttl, self._ttl, *user_ids],
         )
-        return [_s(uid) for uid in missing]
+        return [as_str(uid) for uid in missing]
 
     async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
         """One EXISTS per node, in one round trip."""
@@ -346,8 +340,8 @@ class RedisPresence:
         removed, cursor = await self._sweep(
             keys=[self._nodes_key], args=[self._p, self.node_id, self._own_cursor]
         )
-        self._own_cursor = _s(cursor)
-        return [_s(u) for u in removed]
+        self._own_cursor = as_str(cursor)
+        return [as_str(u) for u in removed]
 
     async def retire(self) -> None:
         """Orderly exit: delete this node's liveness key and the records it still owns."""

@@ -40,8 +40,15 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(
-    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
+    aiohttp_client: AiohttpClient,
+    make_settings: MakeSettings,
+    token_for: MakeToken,
+    *,
+    credits: dict[str, int] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Cluster]:
+    """Nodes A and B on one Redis and a fresh database; ``credits`` (default: alice and
+    carol 1,000 coins each); ``settings`` replace whole sections (billing, hub, media)."""
     async with fresh_database() as dsn:
         prefix = f"jalwa-test-{uuid.uuid4().hex[:8]}"
         common: dict[str, Any] = {
@@ -50,13 +57,14 @@ async def cluster(
             "presence": {"key_prefix": prefix},
             "billing": {"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 2},
             "hub": {"peer_lost_grace_s": 5},
+            **settings,
         }
         app_a = create_app(make_settings(node_id="node-a", **common))
         app_b = create_app(make_settings(node_id="node-b", **common))
         a, b = await aiohttp_client(app_a), await aiohttp_client(app_b)
         admin = {"Authorization": "Bearer " + token_for("root", "admin")}
-        for user in ("alice", "carol"):
-            credit = {"user_id": user, "amount": 1000, "idempotency_key": f"seed-{user}"}
+        for user, amount in (credits or {"alice": 1000, "carol": 1000}).items():
+            credit = {"user_id": user, "amount": amount, "idempotency_key": f"seed-{user}"}
             assert (await a.post("/v1/admin/credit", json=credit, headers=admin)).status == 200
         yield Cluster(a, b, token_for)
         for app in (app_a, app_b):

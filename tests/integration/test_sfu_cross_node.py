@@ -6,14 +6,11 @@ money runs out."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from signalling.app import create_app
-from signalling.keys import LEDGER, SFU
+from signalling.keys import SFU
 from tests.conftest import MakeSettings, MakeToken
-from tests.contract.ledger.books import fresh_database
-from tests.integration.services import forget_prefix, require_redis
+from tests.integration.test_cross_node_calls import cluster
 from tests.integration.test_sfu_hub import SFU_ON_LOOPBACK, negotiate
 from tests.mediautil import LoopbackClient
 from tests.wsutil import recv, until
@@ -24,26 +21,18 @@ AiohttpClient = Any
 async def test_media_of_a_call_across_nodes_goes_through_the_owners_sfu(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken
 ) -> None:
-    async with fresh_database() as dsn:
-        prefix = f"jalwa-test-{uuid.uuid4().hex[:8]}"
-        common: dict[str, Any] = {
-            "redis_url": require_redis(),
-            "database_url": dsn,
-            "presence": {"key_prefix": prefix},
-            "media": SFU_ON_LOOPBACK | {"connect_timeout_s": 5},
-            "billing": {"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 7},
-        }
-        app_a = create_app(make_settings(node_id="node-a", **common))
-        app_b = create_app(make_settings(node_id="node-b", **common))
-        a, b = await aiohttp_client(app_a), await aiohttp_client(app_b)
-        admin = {"Authorization": "Bearer " + token_for("root", "admin")}
-        body = {"user_id": "alice", "amount": 35, "idempotency_key": "k"}  # 5 minutes
-        assert (await a.post("/v1/admin/credit", json=body, headers=admin)).status == 200
-
-        alice_ws = await a.ws_connect("/v1/ws?token=" + token_for("alice"))
-        bob_ws = await b.ws_connect("/v1/ws?token=" + token_for("bob", "host"))
-        assert (await recv(alice_ws, "welcome"))["media"] == "sfu"
-        assert (await recv(bob_ws, "welcome"))["media"] == "sfu"
+    async with cluster(
+        aiohttp_client,
+        make_settings,
+        token_for,
+        credits={"alice": 35},  # 5 minutes
+        media=SFU_ON_LOOPBACK | {"connect_timeout_s": 5},
+        billing={"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 7},
+        hub={},
+    ) as nodes:
+        alice_ws = await nodes.join(nodes.a, "alice")
+        bob_ws = await nodes.join(nodes.b, "bob", "host")
+        assert alice_ws.welcome["media"] == bob_ws.welcome["media"] == "sfu"
         await alice_ws.send_json({"type": "call.invite", "id": "1", "to": "bob"})
         cid = (await recv(alice_ws, "ack"))["call_id"]
         await bob_ws.send_json({"type": "call.accept", "call_id": cid})
@@ -63,9 +52,9 @@ async def test_media_of_a_call_across_nodes_goes_through_the_owners_sfu(
 
             await until(flowing, 15, "each client to decode the other's audio and video")
             # Both legs are on node A's SFU; node B's SFU has none.
-            media = app_a[SFU].call(cid)
+            media = nodes.a.app[SFU].call(cid)
             assert media is not None and set(media.legs) == {"alice", "bob"}
-            assert app_b[SFU].call(cid) is None
+            assert nodes.b.app[SFU].call(cid) is None
 
             ended = await recv(bob_ws, "call.ended", within_s=10)
             assert ended["reason"] == "insufficient_balance" and ended["minutes"] == 5
@@ -79,7 +68,3 @@ async def test_media_of_a_call_across_nodes_goes_through_the_owners_sfu(
         finally:
             await alice.close()
             await bob.close()
-        assert await app_a[LEDGER].check() == []
-        await a.close()
-        await b.close()
-        await forget_prefix(prefix)

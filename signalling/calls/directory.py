@@ -137,6 +137,10 @@ class MemoryCallDirectory:
             return None
         return found[0]
 
+    def busy(self, user_id: str) -> bool:
+        """In a live call (for the embedded match store, which reads the directory)."""
+        return self._live(self._users.get(user_id)) is not None
+
     async def claim(self, entry: CallEntry) -> str | None:
         for uid in entry.parties():
             current = self._live(self._users.get(uid))

@@ -17,6 +17,15 @@ class MemoryWorld:
         self.records: dict[str, tuple[PresenceRecord, float]] = {}  # uid -> (record, expires)
         self.nodes: dict[str, float] = {}  # node id -> liveness expiry
 
+    def live(self, user_id: str) -> PresenceRecord | None:
+        """The user's live record (for the embedded match store, which reads presence)."""
+        entry = self.records.get(user_id)
+        if entry is None:
+            return None
+        now = self.clock.monotonic()
+        record, expires = entry
+        return record if expires > now and self.nodes.get(record.node_id, 0.0) > now else None
+
 
 class MemoryPresence:
     def __init__(

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-from .codes import Status
+from .codes import MatchMode, Status
 
 ClientId = Annotated[str, msgspec.Meta(max_length=64, description="client-chosen request id")]
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@:-]+$")]
@@ -29,11 +29,22 @@ class Location(msgspec.Struct, frozen=True):
     lon: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
 
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_-]+$")]
+
+
+class MatchPools(msgspec.Struct, frozen=True):
+    random: bool = False
+    nearby: bool = False
+    auto_accept: bool = False
+
+
 class PresenceUpdate(ClientMessage, tag="presence.update"):
-    """§4.1 Set my status (and optionally where I am)."""
+    """§4.1 Set my status (and optionally where I am). A host also says here which match
+    pools they are in (§10): ``match`` replaces the previous choice, absent keeps it."""
 
     status: Status
     location: Location | None = None
+    match: MatchPools | None = None
 
 
 class PresenceWatch(ClientMessage, tag="presence.watch"):
@@ -112,6 +123,31 @@ class GiftSend(ClientMessage, tag="gift.send"):
     call_id: CallId | None = None
 
 
+class MatchFilters(msgspec.Struct, frozen=True):
+    language: Tag | None = None
+    gender: Tag | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=10)] = []
+    max_rate: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class MatchRequest(ClientMessage, tag="match.request"):
+    """§10.1 Queue for a host, at random or nearby; the ack carries the ticket. A second
+    request replaces the first."""
+
+    mode: MatchMode
+    radius_km: Annotated[float, msgspec.Meta(gt=0, le=20_000)] | None = None
+    filters: MatchFilters | None = None
+    location: Location | None = None
+
+
+class MatchCancel(ClientMessage, tag="match.cancel"):
+    """§10.2 Leave the queue (a no-op when not queued)."""
+
+
+class MatchNext(ClientMessage, tag="match.next"):
+    """§10.3 End the current matched call and queue again with the same request."""
+
+
 MessageIdList = Annotated[
     list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(min_length=1, max_length=500)
 ]
@@ -177,6 +213,9 @@ AnyClientMessage = (
     | RtcAnswer
     | RtcIce
     | GiftSend
+    | MatchRequest
+    | MatchCancel
+    | MatchNext
     | ChatSend
     | ChatDelivered
     | ChatRead

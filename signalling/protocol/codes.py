@@ -23,6 +23,7 @@ def shown_status(stored: str) -> ShownStatus:
 
 
 MediaMode = Literal["p2p", "sfu"]
+MatchMode = Literal["random", "nearby"]
 UserRole = Literal["caller", "host", "admin"]
 CallState = Literal["ringing", "active"]
 CallRole = Literal["caller", "callee"]
@@ -61,6 +62,9 @@ class ErrorCode(enum.StrEnum):
     CHAT_BLOCKED = "chat_blocked"
     CHAT_NOT_FOUND = "chat_not_found"
     MEDIA_FAILED = "media_failed"
+    LOCATION_REQUIRED = "location_required"
+    MATCH_PENDING = "match_pending"
+    NOT_MATCHED = "not_matched"
     UNAVAILABLE = "unavailable"
     RESYNC_REQUIRED = "resync_required"
     INTERNAL = "internal"

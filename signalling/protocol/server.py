@@ -13,6 +13,7 @@ from .codes import (
     CallRole,
     CallState,
     EndReason,
+    MatchMode,
     MediaMode,
     MessageStatus,
     ReceiptStatus,
@@ -79,6 +80,7 @@ class Ack(ServerMessage, tag="ack"):
     message: ChatMessage | None = None
     messages: list[ChatMessage] | None = None
     next_before: str | None = None
+    ticket: str | None = None
 
 
 class Error(ServerMessage, tag="error"):
@@ -102,6 +104,7 @@ class CallIncoming(ServerMessage, tag="call.incoming"):
     call_id: str
     caller: UserInfo
     record: bool = False
+    match: bool = False  # §10: the call comes from matchmaking, not a direct invite
 
 
 class CallRinging(ServerMessage, tag="call.ringing"):
@@ -211,6 +214,34 @@ class ChatTypingOut(ServerMessage, tag="chat.typing"):
     typing: bool
 
 
+class MatchPeer(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: str
+    name: str
+    rate: int
+    distance_km: int | None = None
+
+
+class MatchQueued(ServerMessage, tag="match.queued"):
+    """§10.1 No host is free for you yet: you wait in the queue."""
+
+    ticket: str
+    mode: MatchMode
+
+
+class MatchFound(ServerMessage, tag="match.found"):
+    """§10.1 A host was found and is being rung (``call.ringing`` follows)."""
+
+    ticket: str
+    call_id: str
+    peer: MatchPeer
+
+
+class MatchTimeout(ServerMessage, tag="match.timeout"):
+    """§10.1 Nobody was found within the queue's time limit; the ticket is gone."""
+
+    ticket: str
+
+
 SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     Welcome,
     Ack,
@@ -227,6 +258,9 @@ SERVER_MESSAGES: tuple[type[ServerMessage], ...] = (
     BillingLowBalance,
     WalletBalance,
     GiftReceived,
+    MatchQueued,
+    MatchFound,
+    MatchTimeout,
     ChatMessageOut,
     ChatReceipt,
     ChatTypingOut,

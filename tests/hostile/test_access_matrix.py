@@ -247,6 +247,9 @@ NOT_YOURS: dict[str, tuple[dict[str, Any], str] | None] = {
     "chat.history": ({"conversation_id": "dm:alice:bob"}, "chat_forbidden"),
     "chat.block": None,
     "chat.unblock": None,
+    "match.request": None,  # names nobody: a queue of one's own
+    "match.cancel": None,
+    "match.next": None,
 }
 
 

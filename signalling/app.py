@@ -1,4 +1,5 @@
-"""The composition root: ``create_app(settings)`` builds every part of jalwa (DESIGN §1).
+"""The composition root: ``create_app(settings)`` builds every part of jalwa (DESIGN §1);
+``assembly.assemble`` wires the hub and its wings (re-exported here).
 
 Every pool and background task is owned by a cleanup context, so tests and ``jalwa serve``
 start and stop the same way.
@@ -11,10 +12,8 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -31,14 +30,13 @@ from billing.migrate import migrate
 from media.sfu import Sfu
 from turn.credentials import ice_servers as turn_ice_servers
 
+from .assembly import MatchParts, Wings, assemble
 from .auth import Identity, Role, TokenVerifier, load_keys, mint_token
 from .calls.billing import HubBillingEvents, LedgerHooks
 from .calls.directory import CallDirectory, MemoryCallDirectory
 from .calls.directory_redis import RedisCallDirectory
 from .calls.gifts import Gifts
 from .calls.hooks import CallHooks
-from .calls.relay import MediaServer
-from .calls.service import Calls
 from .chat.handlers import ChatService
 from .chat.memory import MemoryChat
 from .chat.mongo import MongoChat
@@ -48,7 +46,6 @@ from .cluster.resume import MemoryResume, ResumeStore
 from .cluster.resume_redis import RedisResume
 from .errors import ConfigError
 from .http.rest import add_routes, json_errors
-from .hub import Hub
 from .keys import (
     BILLING_SETTINGS,
     CALLS,
@@ -66,14 +63,17 @@ from .keys import (
     VERIFIER,
 )
 from .limits import ConnectionLimiter
-from .port import HubPort
+from .match.memory import MemoryMatch
+from .match.redis_store import RedisMatch
+from .match.store import Limits, MatchStore
 from .presence.memory import MemoryPresence, MemoryWorld
 from .presence.redis_store import RedisPresence
-from .presence.service import Presence
 from .presence.store import PresenceStore
 from .protocol import IceServerInfo
-from .settings import HubSettings, Settings
+from .settings import Settings
 from .ws import websocket
+
+__all__ = ["MatchParts", "Wings", "assemble", "create_app"]
 
 DEV_CREDIT_MAX = 10_000
 log = logging.getLogger("jalwa")
@@ -171,8 +171,16 @@ def _hub_context(
         presence: PresenceStore
         directory: CallDirectory
         resume: ResumeStore
+        match_store: MatchStore
         router: Router = LocalRouter()
         hub_settings = settings.hub
+        m = settings.match
+        limits = Limits(
+            scan_max=m.scan_max,
+            avoid_recent_s=m.avoid_recent_s,
+            reserve_s=m.reserve_s,
+            nearby_max_km=m.nearby_max_km,
+        )
         if settings.redis_url is not None:
             # Waits for a free connection instead of failing (redis-py's default pool
             # raises past 100 at once, which a reconnect storm of a few thousand users hits).
@@ -198,22 +206,41 @@ def _hub_context(
                 window_s=hub_settings.resume_window_s,
                 max_frames=hub_settings.resume_buffer_frames,
             )
+            match_store = RedisMatch(
+                client,
+                prefix=settings.presence.key_prefix,
+                limits=limits,
+                ticket_ttl_s=m.timeout_s + 60,
+            )
         else:
-            directory = MemoryCallDirectory(clock, ttl_s=settings.presence.node_ttl_s)
+            memory_directory = MemoryCallDirectory(clock, ttl_s=settings.presence.node_ttl_s)
+            directory = memory_directory
             resume = MemoryResume(
                 clock,
                 window_s=hub_settings.resume_window_s,
                 max_frames=hub_settings.resume_buffer_frames,
             )
+            world = MemoryWorld(clock)
             presence = MemoryPresence(
-                MemoryWorld(clock),
+                world,
                 settings.node_id,
                 ttl_s=settings.presence.ttl_s,
                 node_ttl_s=settings.presence.node_ttl_s,
             )
+            match_store = MemoryMatch(clock, world.live, memory_directory.busy, limits)
         ledger_hooks = LedgerHooks(app[LEDGER], settings.billing)
         beat_every = min(settings.presence.node_ttl_s, settings.presence.ttl_s) / 3
         sfu = _build_sfu(settings, clock) if settings.media.mode == "sfu" else None
+        ledger = app[LEDGER]
+
+        async def balance_of(user_id: str) -> int | None:
+            if hooks is not None:
+                return None  # hooks given by a test: calls cost what they say, not the ledger
+            return (await ledger.balances(user_id)).wallet
+
+        async def rate_of(user_id: str) -> int:
+            return 0 if hooks is not None else await ledger_hooks.rate_of(user_id)
+
         wings = assemble(
             settings.hub,
             presence,
@@ -227,6 +254,7 @@ def _hub_context(
             ice_servers=_ice_servers(settings, clock),
             chat=lambda port: ChatService(app[CHAT_STORE], port, settings.chat, clock),
             records_every=round(settings.presence.ttl_s / 3 / beat_every) or 1,
+            match=MatchParts(match_store, m, rate_of, balance_of, settings.billing.default_rate),
         )
         hub, calls_wing, presence_wing = wings.hub, wings.calls, wings.presence
         assert wings.chat is not None
@@ -248,6 +276,10 @@ def _hub_context(
             asyncio.create_task(_every(beat_every, calls_wing.beat, "call directory beat")),
             asyncio.create_task(billing_loop.run()),
         ]
+        if wings.match is not None:
+            tasks.append(asyncio.create_task(wings.match.run()))
+            resync = wings.match.resync
+            tasks.append(asyncio.create_task(_every(beat_every, resync, "match pools resync")))
         if settings.billing.orphan_after_s > 0:
             # Minutes are charged only after a touch (the node shows life): touch often.
             period = settings.billing.keepalive_s
@@ -271,79 +303,6 @@ def _hub_context(
                 await client.aclose()
 
     return ctx
-
-
-@dataclass(frozen=True, slots=True)
-class Wings:
-    hub: Hub
-    calls: Calls
-    presence: Presence
-    chat: ChatService | None
-
-
-def assemble(
-    hub_settings: HubSettings,
-    presence: PresenceStore,
-    directory: CallDirectory | None = None,
-    *,
-    clock: Clock,
-    hooks: CallHooks,
-    router: Router | None = None,
-    resume: ResumeStore | None = None,
-    media_server: MediaServer | None = None,
-    record_policy: str = "off",
-    ice_servers: Callable[[str], list[IceServerInfo]] = lambda user_id: [],
-    chat: Callable[[HubPort], ChatService] | None = None,
-    new_call_id: Callable[[], str] | None = None,
-    records_every: int = 1,
-) -> Wings:
-    """The hub with its wings installed and wired to each other: presence asks calls "in a
-    call?", calls asks presence to republish and chat whether either party blocked the
-    other. No I/O: unit tests assemble it too."""
-    hub = Hub(
-        settings=hub_settings,
-        directory=presence,
-        clock=clock,
-        router=router,
-        resume=resume,
-        ice_servers=ice_servers,
-        logger=logging.getLogger("jalwa.hub"),
-    )
-    chat_wing = chat(hub) if chat is not None else None
-    calls: Calls | None = None
-
-    def in_call(user_id: str) -> bool:
-        return calls is not None and calls.in_call(user_id)
-
-    presence_wing = Presence(
-        hub,
-        presence,
-        watch_max=hub_settings.presence_watch_max,
-        in_call=in_call,
-        records_every=records_every,
-    )
-    calls = Calls(
-        hub,
-        settings=hub_settings,
-        clock=clock,
-        hooks=hooks,
-        # One process alone (unit tests) never loses its calls: they need no refresh.
-        directory=directory or MemoryCallDirectory(clock, ttl_s=math.inf),
-        nodes_alive=presence.nodes_alive,
-        media_server=media_server,
-        record_policy=record_policy,
-        refresh_presence=presence_wing.refresh,
-        invite_guards=[chat_wing.no_calls_when_blocked] if chat_wing is not None else [],
-        new_call_id=new_call_id,
-        logger=logging.getLogger("jalwa.calls"),
-    )
-    # Order matters where wings share a lifecycle step: a lost party's call goes back on
-    # its grace timer before their presence is cleared.
-    calls.install()
-    presence_wing.install()
-    if chat_wing is not None:
-        chat_wing.install()
-    return Wings(hub, calls, presence_wing, chat_wing)
 
 
 def _build_sfu(settings: Settings, clock: Clock) -> Sfu:

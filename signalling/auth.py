@@ -21,6 +21,7 @@ from .settings import AuthSettings, Settings
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
 MAX_NAME_CHARS = 64
+PROFILE_WORD_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
 class Role(enum.StrEnum):
@@ -30,10 +31,21 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Profile:
+    """What callers filter hosts on (§10). From the token's ``lang``, ``gender`` and
+    ``tags`` claims, signed by the app's auth service, so nobody can forge their own."""
+
+    languages: tuple[str, ...] = ()
+    gender: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
     role: Role
     name: str
+    profile: Profile = Profile()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +153,26 @@ def identity_from_claims(claims: dict[str, object]) -> Identity:
         raise AuthError("claim role must be caller, host or admin", code="token_invalid")
     if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise AuthError("claim name must be printable text up to 64 chars", code="token_invalid")
-    return Identity(user_id=sub, role=Role(str(role)), name=name or sub)
+    return Identity(user_id=sub, role=Role(str(role)), name=name or sub, profile=_profile(claims))
+
+
+def _words(value: object, claim: str, *, most: int) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or len(items) > most:
+        raise AuthError(f"claim {claim}: a word or a list of up to {most}", code="token_invalid")
+    for item in items:
+        if not isinstance(item, str) or not PROFILE_WORD_RE.match(item):
+            raise AuthError(f"claim {claim}: words of 1-32 [a-z0-9_-]", code="token_invalid")
+    return tuple(items)
+
+
+def _profile(claims: dict[str, object]) -> Profile:
+    gender = _words(claims.get("gender", []), "gender", most=1)
+    return Profile(
+        languages=_words(claims.get("lang", []), "lang", most=10),
+        gender=gender[0] if gender else None,
+        tags=_words(claims.get("tags", []), "tags", most=20),
+    )
 
 
 def mint_token(
@@ -164,6 +195,13 @@ def mint_token(
         "iat": now,
         "exp": now + ttl_s,
     }
+    profile = identity.profile
+    if profile.languages:
+        claims["lang"] = list(profile.languages)
+    if profile.gender is not None:
+        claims["gender"] = profile.gender
+    if profile.tags:
+        claims["tags"] = list(profile.tags)
     if auth.audience is not None:
         claims["aud"] = auth.audience
     if auth.issuer is not None:

@@ -154,6 +154,28 @@ class PresenceSettings(Section):
     key_prefix: str = Field("jalwa", description="prefix of every Redis key")
 
 
+class MatchSettings(Section):
+    """Matchmaking (docs/protocol.md §10): queue time, widening radius, pairing rules."""
+
+    timeout_s: float = Field(60.0, gt=0, description="a caller not matched by then: match.timeout")
+    avoid_recent_s: float = Field(
+        1800.0, ge=0, description="two users paired are not paired again within this"
+    )
+    nearby_start_km: float = Field(5.0, gt=0, description="first radius of a nearby search")
+    nearby_max_km: float = Field(100.0, gt=0, description="widest radius of a nearby search")
+    widen_every_s: float = Field(
+        2.0, gt=0, description="a nearby caller's radius doubles this often while they wait"
+    )
+    rescan_s: float = Field(
+        5.0, gt=0, description="a waiting caller with filters looks further into the pool"
+    )
+    scan_max: int = Field(200, ge=1, le=5000, description="pool entries one pairing looks at")
+    reserve_s: float = Field(
+        10.0, gt=0, description="a pairing not turned into a call by then frees both users"
+    )
+    exclude_max: int = Field(500, ge=0, description="blocked users kept apart per request")
+
+
 class ChatSettings(Section):
     """Chat limits and the MongoDB database it lives in."""
 
@@ -205,6 +227,7 @@ class Settings(BaseSettings):
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    match: MatchSettings = Field(default_factory=MatchSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
 

@@ -53,6 +53,7 @@ class Call:
     created_at: float
     record_requested: bool = False
     record_consent: bool = False
+    match: bool = False  # made by matchmaking (§10), not a direct invite
     state: CallState = CallState.RINGING
     answered_at: float | None = None
     ended_at: float | None = None
@@ -173,6 +174,7 @@ class CallBook:
         callee_status: str,
         now: float,
         record: bool = False,
+        match: bool = False,
     ) -> tuple[Call, list[Effect]]:
         """``callee_status`` is the callee's shown presence (offline when not connected)."""
         self.check_invite(caller, callee, callee_status=callee_status)
@@ -182,6 +184,7 @@ class CallBook:
             callee=callee,
             created_at=now,
             record_requested=record,
+            match=match,
         )
         self._calls[call.call_id] = call
         self._by_user[caller.user_id] = call
@@ -190,7 +193,9 @@ class CallBook:
         return call, [
             Deliver(
                 callee.user_id,
-                CallIncoming(call_id=call.call_id, caller=user_info(caller), record=record),
+                CallIncoming(
+                    call_id=call.call_id, caller=user_info(caller), record=record, match=match
+                ),
             ),
             Deliver(caller.user_id, CallRinging(call_id=call.call_id, callee=user_info(callee))),
         ]

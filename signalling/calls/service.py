@@ -57,6 +57,7 @@ from .parties import NodesAlive, Parties
 from .relay import MediaServer, Reply, RtcRelay
 
 InviteGuard = Callable[[Identity, Identity], Awaitable[None]]
+MatchedEnded = Callable[[Call], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Calls:
         logger: logging.Logger | None = None,
     ) -> None:
         self._port = port
+        self.matched_ended: MatchedEnded | None = None  # the match wing re-queues its caller
         self._clock = clock
         self._hooks = hooks
         # With a media server the call's media goes through it (sfu); otherwise the hub
@@ -143,6 +145,20 @@ class Calls:
             self.book.call_of(user_id) is not None or self.parties.remote_call(user_id) is not None
         )
 
+    def current_call(self, user_id: str) -> str | None:
+        """The id of the call the user is in, wherever it runs."""
+        call = self.book.call_of(user_id)
+        if call is not None:
+            return call.call_id
+        remote = self.parties.remote_call(user_id)
+        return None if remote is None else remote.call_id
+
+    async def hang_up(self, session: Session, call_id: str) -> None:
+        """End the session's call as ``call.end`` would (match.next), wherever it runs."""
+        _, effects = await self._routed(self._end)(session, CallEnd(call_id=call_id))
+        for effect in effects:
+            await effect.run()
+
     def active_peer(self, user_id: str, call_id: str) -> Identity:
         """The other party of ``user_id``'s active call ``call_id``, wherever it runs."""
         remote = self.parties.remote_call(user_id)
@@ -182,7 +198,29 @@ class Calls:
     # --- handlers (§5) ------------------------------------------------------------------
 
     async def _invite(self, session: Session, msg: CallInvite) -> Outcome:
-        callee, status, where = await self._callee(msg.to)
+        call, effects = await self._open(session, msg.to, record=msg.record)
+        reply = Ack(id=msg.id, call_id=call.call_id) if msg.id is not None else None
+        return reply, [_Run(self, effects)]
+
+    async def invite_matched(
+        self, session: Session, host_id: str, *, auto_accept: bool
+    ) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """Ring a host matchmaking found for ``session``'s user (§10): the call id, and what
+        to run once the caller has been told (``match.found`` comes before the ringing)."""
+        call, effects = await self._open(session, host_id, record=False, match=True)
+
+        async def ring() -> None:
+            await self.carry_out(effects)
+            if auto_accept and call.state is CallState.RINGING:
+                now = self._clock.monotonic()
+                await self.carry_out(self.book.accept(host_id, call.call_id, now=now, record=False))
+
+        return call.call_id, ring
+
+    async def _open(
+        self, session: Session, to: str, *, record: bool, match: bool = False
+    ) -> tuple[Call, list[Effect]]:
+        callee, status, where = await self._callee(to)
         payer, host = payer_and_host(session.identity, callee)
         # Validate before asking billing, so a self-call is not reported as "no money".
         self.book.check_invite(session.identity, callee, callee_status=status)
@@ -196,7 +234,8 @@ class Calls:
             callee,
             callee_status=status,
             now=self._clock.monotonic(),
-            record=msg.record,
+            record=record,
+            match=match,
         )
         entry = self.parties.entry(call)
         try:
@@ -214,8 +253,7 @@ class Calls:
         self.parties.joined(callee.user_id, where)
         await self.parties.tell(entry, in_call=True)
         await self._republish(call)
-        reply = Ack(id=msg.id, call_id=call.call_id) if msg.id is not None else None
-        return reply, [_Run(self, effects)]
+        return call, effects
 
     async def _callee(self, user_id: str) -> tuple[Identity, ShownStatus, tuple[str, str]]:
         """Who the callee is, their shown status, and the (node, session) they are on."""
@@ -417,6 +455,11 @@ class Calls:
         await self.parties.tell(entry, in_call=False)
         self.parties.ended(call)
         await self._republish(call)
+        if call.match and self.matched_ended is not None:
+            try:
+                await self.matched_ended(call)
+            except Exception:
+                self._log.exception("matchmaking after the end of %s failed", call.call_id)
 
     async def _republish(self, call: Call) -> None:
         if self._refresh is not None:

@@ -126,6 +126,10 @@ class MemoryChat:
     async def is_blocked(self, a: str, b: str) -> bool:
         return self._blocked(a, b)
 
+    async def blocked_with(self, user: str, limit: int) -> frozenset[str]:
+        others = {b if a == user else a for a, b in self._blocks if user in (a, b)}
+        return frozenset(sorted(others)[:limit])
+
     def _blocked(self, a: str, b: str) -> bool:
         return (a, b) in self._blocks or (b, a) in self._blocks
 

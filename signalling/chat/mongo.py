@@ -65,6 +65,10 @@ INDEXES: Final[dict[str, list[tuple[str, tuple[tuple[str, int], ...], bool]]]] =
             False,
         ),
     ],
+    "blocks": [
+        ("blocks_blocker", (("blocker", 1),), False),
+        ("blocks_blocked", (("blocked", 1),), False),
+    ],
     "conversations": [
         (
             "conversations_participants_activity",
@@ -243,6 +247,14 @@ class MongoChat:
     async def is_blocked(self, a: str, b: str) -> bool:
         async with _errors():
             return await self._blocked(a, b)
+
+    async def blocked_with(self, user: str, limit: int) -> frozenset[str]:
+        others: set[str] = set()
+        async with _errors():
+            for mine, theirs in (("blocker", "blocked"), ("blocked", "blocker")):
+                found = self._blocks.find({mine: user}, projection={theirs: 1}).limit(limit)
+                others.update([str(d[theirs]) async for d in found])
+        return frozenset(sorted(others)[:limit])
 
     async def _blocked(self, a: str, b: str) -> bool:
         keys = [block_key(a, b), block_key(b, a)]

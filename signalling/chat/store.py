@@ -78,4 +78,7 @@ class ChatStore(Protocol):
     async def is_blocked(self, a: str, b: str) -> bool:
         """True if either user blocked the other."""
 
+    async def blocked_with(self, user: str, limit: int) -> frozenset[str]:
+        """Up to ``limit`` users the user blocked or was blocked by (kept apart by matching)."""
+
     async def close(self) -> None: ...

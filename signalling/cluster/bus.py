@@ -95,6 +95,13 @@ class PartyMoved(NodeMessage, frozen=True, tag="party_moved"):
     node: str = ""
 
 
+class MatchMade(NodeMessage, frozen=True, tag="match_made"):
+    """To the caller's node: its waiting caller was paired with a host who came (the
+    pairing, msgpack); it rings the host as for a pairing it made itself."""
+
+    pair: bytes
+
+
 AnyNodeMessage = (
     UserFrame
     | CloseSession
@@ -104,6 +111,7 @@ AnyNodeMessage = (
     | CallForwardDone
     | PartyInCall
     | PartyMoved
+    | MatchMade
 )
 
 

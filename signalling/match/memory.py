@@ -1,16 +1,15 @@
 """The embedded match store: one process, in memory, same semantics as Redis (store.py).
 
-It reads presence and the call directory straight from their embedded adapters, as the
-Redis scripts read their keys."""
+It reads presence and the call directory straight from their embedded adapters (as the
+Redis scripts read their keys), through the two lookups ``app.py`` gives it."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
 
-from ..calls.directory import MemoryCallDirectory
 from ..clock import Clock
-from ..presence.memory import MemoryWorld
+from ..port import Located
 from .store import Busy, Limits, Offer, Pair, Ticket, distance_km, fits
 
 
@@ -18,13 +17,13 @@ class MemoryMatch:
     def __init__(
         self,
         clock: Clock,
-        presence: MemoryWorld,
-        busy: Callable[[str], bool] | MemoryCallDirectory,
+        live_record: Callable[[str], Located | None],
+        in_call: Callable[[str], bool],
         limits: Limits,
     ) -> None:
         self._clock = clock
-        self._presence = presence
-        self._in_call = busy.busy if isinstance(busy, MemoryCallDirectory) else busy
+        self._record = live_record
+        self._in_call = in_call
         self._limits = limits
         self._tickets: dict[str, Ticket] = {}
         self._waiting: dict[str, dict[str, None]] = {"random": {}, "nearby": {}}  # in order
@@ -41,7 +40,7 @@ class MemoryMatch:
 
     def _live(self, user_id: str, session_id: str, *, host: bool) -> bool | None:
         """True: eligible; False: live but not free (kept stored); None: a ghost."""
-        record = self._presence.live(user_id)
+        record = self._record(user_id)
         if record is None or record.session_id != session_id:
             return None
         if host and (record.status != "available" or record.role != "host"):

@@ -10,7 +10,8 @@ starts or ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from ..cluster.bus import PresenceNote
 from ..errors import JalwaError
@@ -30,6 +31,16 @@ from ..session import Session
 from .store import PresenceRecord, PresenceStore
 
 
+@dataclass(frozen=True, slots=True)
+class _Told:
+    updated: Callable[[Session, PresenceUpdate], Awaitable[None]]
+    session: Session
+    msg: PresenceUpdate
+
+    async def run(self) -> None:
+        await self.updated(self.session, self.msg)
+
+
 class Presence:
     def __init__(
         self,
@@ -42,6 +53,8 @@ class Presence:
         logger: logging.Logger | None = None,
     ) -> None:
         self._port = port
+        # The match wing, told after each presence.update (a host's pools, status, place).
+        self.updated: Callable[[Session, PresenceUpdate], Awaitable[None]] | None = None
         self.store = store
         self._watch_max = watch_max
         self._in_call = in_call
@@ -133,6 +146,9 @@ class Presence:
         if msg.location is not None:
             session.location = (msg.location.lat, msg.location.lon)
         await self.publish(session)
+        if self.updated is not None:
+            # After the ack: a host offered to the pools may be rung at once.
+            return None, [_Told(self.updated, session, msg)]
         return DONE
 
     async def _watch(self, session: Session, msg: PresenceWatch) -> Outcome:
@@ -168,7 +184,8 @@ class Presence:
         would be shown (``offline`` for a parked session)."""
         status = status or self.shown_status(session)
         ident = session.identity
-        lat, lon = session.location if session.location is not None else (None, None)
+        # Where a user is stays on this node: only the match pools keep a location, and
+        # only while the user is in one (§10).
         await self.store.set(
             PresenceRecord(
                 user_id=ident.user_id,
@@ -177,8 +194,6 @@ class Presence:
                 name=ident.name,
                 node_id=self.store.node_id,
                 session_id=session.session_id,
-                lat=lat,
-                lon=lon,
             )
         )
         if self._shown.get(ident.user_id) != status:

@@ -58,6 +58,17 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.MEDIA_FAILED: (
         "The SFU could not use the offer or candidate (bad SDP, no common codec) (§5.5)."
     ),
+    ErrorCode.LOCATION_REQUIRED: (
+        "`match.request` nearby without a location (in the request or a `presence.update`), "
+        "or one beyond ±85° latitude (§10.1)."
+    ),
+    ErrorCode.MATCH_PENDING: (
+        "A match of yours is being connected; wait for its `match.found` (§10.1)."
+    ),
+    ErrorCode.NOT_MATCHED: (
+        "`match.next` with no earlier `match.request`, or while in a call that was not "
+        "matched (§10.3)."
+    ),
     ErrorCode.UNAVAILABLE: (
         "A backing store failed while handling the message; try again shortly."
     ),
@@ -129,6 +140,9 @@ OBJECT_MEANINGS: dict[str, str] = {
     "IceServerInfo": "One entry for `RTCPeerConnection`'s `iceServers`.",
     "CallInfo": "The call a user is already in when a session starts (§3).",
     "ChatMessage": "A stored chat message (§9).",
+    "MatchPools": "The match pools a host is in (§10); callers cannot set it.",
+    "MatchFilters": "What a caller asks of a host (§10.1); every given filter must hold.",
+    "MatchPeer": "The host a match found (§10.1): never where they are, only how far.",
 }
 
 # (Struct name, JSON field name) -> note for what the schema types cannot say; a key that
@@ -142,6 +156,13 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("Welcome", "media"): "`sfu` or `p2p` (§5.5)",
     ("Ack", "call_id"): "after `call.invite`",
     ("Ack", "presence"): "after `presence.watch`: user id to shown status",
+    ("Ack", "ticket"): "after `match.request` and `match.next`",
+    ("MatchPeer", "rate"): "coins per minute",
+    ("MatchPeer", "distance_km"): "nearby only: rounded to whole km, at least 1",
+    ("MatchFilters", "max_rate"): "coins per minute at most",
+    ("MatchFilters", "language"): "one of the host's `lang` token claim",
+    ("MatchFilters", "tags"): "the host has every one (`tags` token claim)",
+    ("CallIncoming", "match"): "rung by matchmaking (§10)",
     ("Error", "code"): "an error code (§6)",
     ("Error", "message"): "for people; wording may change",
     ("CallIncoming", "record"): "the caller asked to record",

@@ -76,7 +76,7 @@ async def w(request: pytest.FixtureRequest) -> AsyncIterator[World]:
         async def kill(node: str) -> None:
             world.nodes.pop(node, None)
 
-        store = MemoryMatch(clock, world, directory, LIMITS)
+        store = MemoryMatch(clock, world.live, directory.busy, LIMITS)
         yield World(store, nodes, directory, advance, kill)
         return
     url = os.environ.get("JALWA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

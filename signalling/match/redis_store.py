@@ -256,10 +256,7 @@ def _ticket_fields(t: Ticket) -> list[str]:
         "lat": None if t.lat is None else repr(float(t.lat)),
         "lon": None if t.lon is None else repr(float(t.lon)),
     }
-    for name, value in optional.items():
-        if value is not None:
-            fields += [name, value]
-    return fields
+    return fields + _present(optional)
 
 
 def _offer_fields(h: Offer) -> list[str]:
@@ -275,10 +272,12 @@ def _offer_fields(h: Offer) -> list[str]:
         "lat": None if h.lat is None else repr(float(h.lat)),
         "lon": None if h.lon is None else repr(float(h.lon)),
     }
-    for name, value in optional.items():
-        if value is not None:
-            fields += [name, value]
-    return fields
+    return fields + _present(optional)
+
+
+def _present(optional: dict[str, str | None]) -> list[str]:
+    """Field/value pairs of the values that are set (a hash has no nulls)."""
+    return [x for name, value in optional.items() if value is not None for x in (name, value)]
 
 
 def _fields(flat: list[object]) -> dict[str, str]:

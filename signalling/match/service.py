@@ -136,7 +136,7 @@ class Matchmaking:
     async def _request(self, session: Session, msg: MatchRequest) -> Outcome:
         if session.identity.role is not Role.CALLER:
             raise MatchError("only callers queue for a match", code=ErrorCode.FORBIDDEN)
-        location = msg.location or None
+        location = msg.location
         lat, lon = (
             (location.lat, location.lon)
             if location is not None

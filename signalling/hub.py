@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from .auth import Identity, Role, user_info
 from .clock import Clock
 from .cluster.bus import CloseSession, LocalRouter, NodeMessage, Router, UserFrame
+from .cluster.lanes import Lanes
 from .cluster.resume import Parked, ResumeStore
 from .errors import JalwaError
 from .parking import Parking
@@ -39,7 +40,7 @@ from .settings import HubSettings
 SessionCallback = Callable[[Session], Awaitable[None]]
 LeaveCallback = Callable[[Session, Departure], Awaitable[None]]
 WelcomePart = Callable[[Session, Welcome], Awaitable[Welcome]]
-NodeHandler = Callable[[Any], Awaitable[None]]
+NodeHandler = Callable[[Any], Awaitable[None] | None]
 
 
 class Directory(Protocol):
@@ -84,6 +85,7 @@ class Hub:
         self._on_join: list[SessionCallback] = []
         self._on_connect: list[SessionCallback] = []
         self._on_leave: list[LeaveCallback] = []
+        self._lanes = Lanes()
         self._node_handlers: dict[type[NodeMessage], NodeHandler] = {
             UserFrame: self._frame_from_other_node,
             CloseSession: self._close_from_other_node,
@@ -269,6 +271,7 @@ class Hub:
             await callback(session, how)
 
     async def shutdown(self) -> None:
+        await self._lanes.close()
         if self.parking is not None:
             await self.parking.close()
         for session in list(self.sessions.values()):
@@ -346,9 +349,12 @@ class Hub:
         if handler is None:
             self._log.warning("no handler for node message %s", type(message).__name__)
             return
-        await handler(message)
+        # In order per user (or per call); never behind another user's slow handler.
+        user = getattr(message, "user_id", None)
+        lane = f"u:{user}" if user else f"c:{getattr(message, 'call_id', '')}"
+        self._lanes.run(lane, handler, message)
 
-    async def _frame_from_other_node(self, message: UserFrame) -> None:
+    def _frame_from_other_node(self, message: UserFrame) -> None:
         session = self._target(message.user_id)
         if session is not None:
             session.send_frame(message.frame)

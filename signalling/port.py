@@ -90,8 +90,12 @@ class HubPort(Protocol):
     def on_leave(self, callback: Callable[[Session, Departure], Awaitable[None]]) -> None:
         """Run when a session stops being its user's session here (see Departure)."""
 
-    def on_node_message(self, kind: type[M], handler: Callable[[M], Awaitable[None]]) -> None:
-        """Handle this node bus message type from other nodes."""
+    def on_node_message(
+        self, kind: type[M], handler: Callable[[M], Awaitable[None] | None]
+    ) -> None:
+        """Handle this node bus message type from other nodes: in arrival order with the
+        other messages about the same user (``user_id``) or call, concurrently with the
+        rest. A handler that needs no I/O should be a plain function (it costs no task)."""
 
     def session_of(self, user_id: str) -> Session | None:
         """The user's session on this node."""

@@ -79,7 +79,7 @@ class Forwarder:
             self._pending.pop(request, None)
         return ANSWERED, []
 
-    async def _answered(self, done: CallForwardDone) -> None:
+    def _answered(self, done: CallForwardDone) -> None:
         pending = self._pending.pop(done.request, None)
         if pending is None:
             return  # timed out meanwhile: the party was told ``unavailable``
@@ -95,7 +95,7 @@ class Forwarder:
     async def _serve(self, fwd: CallForward) -> None:
         replies: list[ServerMessage] = []
         effects: Sequence[Effect] = ()
-        done = CallForwardDone(request=fwd.request)
+        done = CallForwardDone(request=fwd.request, user_id=fwd.user_id)
         try:
             msg = decode(fwd.frame)
             op = self._ops(type(msg))
@@ -103,13 +103,20 @@ class Forwarder:
                 raise JalwaError("not a call message", code=ErrorCode.UNKNOWN_TYPE)
             effects = await op(fwd.user_id, msg, replies.append)
         except DecodeFailure as exc:
-            done = CallForwardDone(request=fwd.request, code=exc.code, message=exc.message)
+            done = CallForwardDone(
+                request=fwd.request, user_id=fwd.user_id, code=exc.code, message=exc.message
+            )
         except JalwaError as exc:
-            done = CallForwardDone(request=fwd.request, code=exc.code, message=exc.message)
+            done = CallForwardDone(
+                request=fwd.request, user_id=fwd.user_id, code=exc.code, message=exc.message
+            )
         except Exception:
             log.exception("forwarded call message from %s failed", fwd.user_id)
             done = CallForwardDone(
-                request=fwd.request, code=ErrorCode.UNAVAILABLE, message="try again shortly"
+                request=fwd.request,
+                user_id=fwd.user_id,
+                code=ErrorCode.UNAVAILABLE,
+                message="try again shortly",
             )
         for reply in replies:
             await self._port.to_node(fwd.node, UserFrame(user_id=fwd.user_id, frame=encode(reply)))

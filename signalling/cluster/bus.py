@@ -72,6 +72,7 @@ class CallForwardDone(NodeMessage, frozen=True, tag="call_forward_done"):
     """The owner's answer to a ``CallForward``: done (``code`` empty) or refused."""
 
     request: str
+    user_id: str = ""  # the asking party (its node keeps their messages in order)
     code: str = ""
     message: str = ""
 
@@ -100,6 +101,7 @@ class MatchMade(NodeMessage, frozen=True, tag="match_made"):
     pairing, msgpack); it rings the host as for a pairing it made itself."""
 
     pair: bytes
+    user_id: str = ""  # the caller
 
 
 AnyNodeMessage = (

@@ -266,7 +266,8 @@ class Matchmaking:
         if pair.ticket.node_id == self._port.node_id:
             await self._connect(pair)
         else:
-            await self._port.to_node(pair.ticket.node_id, MatchMade(pair=_PAIRS.encode(pair)))
+            made = MatchMade(pair=_PAIRS.encode(pair), user_id=pair.ticket.user_id)
+            await self._port.to_node(pair.ticket.node_id, made)
 
     async def _made_elsewhere(self, message: MatchMade) -> None:
         await self._connect(_PAIR_DECODER.decode(message.pair))

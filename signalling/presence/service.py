@@ -208,7 +208,7 @@ class Presence:
         except Exception:
             self._log.exception("presence broadcast for %s failed", user_id)
 
-    async def _from_other_node(self, note: PresenceNote) -> None:
+    def _from_other_node(self, note: PresenceNote) -> None:
         self._notify(note.user_id, shown_status(note.status))
 
     def _notify(self, user_id: str, status: ShownStatus) -> None:

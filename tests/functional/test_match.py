@@ -25,7 +25,7 @@ async def client(
 ) -> AsyncIterator[TestClient[Any, Any]]:
     settings = make_settings(
         billing={"minute_seconds": 1, "loop_interval_s": 0.05, "default_rate": 5},
-        match={"timeout_s": 1.5, "widen_every_s": 0.3, "nearby_start_km": 2},
+        match={"timeout_s": 3, "widen_every_s": 0.3, "nearby_start_km": 2},
     )
     app = create_app(settings)
     client: TestClient[Any, Any] = await aiohttp_client(app)

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from tests.integration.services import free_port
+from tests.contract.ledger.books import fresh_database
+from tests.integration.services import forget_prefix, free_port, require_redis
 
 JALWA = str(Path(sys.executable).parent / "jalwa")
 
@@ -83,3 +84,28 @@ def serve(tmp_path: Path, *args: str, **extra: str) -> Iterator[Server]:
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+@asynccontextmanager
+async def two_nodes(
+    tmp_path: Path, name: str, **settings: str
+) -> AsyncIterator[tuple[Server, Server, str, str]]:
+    """Nodes ``node-a`` and ``node-b`` on the real Redis (a key prefix of their own) and a
+    fresh PostgreSQL database, with ``settings`` (environment variables) on both; yields
+    them, the database's DSN and the prefix, and forgets the prefix afterwards."""
+    prefix = f"jalwa-{name}-{time.time_ns()}"
+    async with fresh_database() as dsn:
+        shared = {
+            "JALWA_REDIS_URL": require_redis(),
+            "JALWA_PRESENCE__KEY_PREFIX": prefix,
+            "JALWA_DATABASE_URL": dsn,
+            **settings,
+        }
+        with (
+            serve(tmp_path, JALWA_NODE_ID="node-a", **shared) as a,
+            serve(tmp_path, JALWA_NODE_ID="node-b", **shared) as b,
+        ):
+            try:
+                yield a, b, dsn, prefix
+            finally:
+                await forget_prefix(prefix)

@@ -4,7 +4,10 @@ rejects is replaced, and match.next moves on and never back."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import pytest
 
 from tests.conftest import MakeSettings, MakeToken
 from tests.integration.test_cross_node_calls import Cluster, Ws, cluster
@@ -89,4 +92,32 @@ async def test_nearby_across_nodes_is_the_nearest_host(
         await carol.send_json({"type": "call.end", "call_id": found["call_id"]})
         await recv(carol, "call.ended")
         for ws in (*hosts, carol):
+            await ws.close()
+
+
+@pytest.mark.parametrize("how", ["close", "end_then_close", "close_while_ringing"])
+async def test_a_host_who_left_in_a_matched_call_is_not_pooled_again(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings, token_for: MakeToken, how: str
+) -> None:
+    async with cluster(aiohttp_client, make_settings, token_for) as c:
+        host = await offer(c, c.b, "h1", random=True, auto_accept=how != "close_while_ringing")
+        alice = await c.join(c.a, "alice")
+        await alice.send_json({"type": "match.request", "id": "m", "mode": "random"})
+        found = await recv(alice, "match.found")
+        await recv(host, "call.incoming")
+        if how != "close_while_ringing":
+            await recv(host, "call.started")
+        if how == "end_then_close":
+            await host.send_json({"type": "call.end", "call_id": found["call_id"]})
+        await host.close()
+        carol = await c.join(c.a, "carol")
+        for _ in range(10):  # over the next 2 s, carol is never given the host who left
+            await carol.send_json({"type": "match.request", "id": "m", "mode": "random"})
+            await recv(carol, "ack")
+            frame = await carol.receive_json(timeout=5)
+            while frame["type"] not in ("match.queued", "match.found"):
+                frame = await carol.receive_json(timeout=5)
+            assert frame["type"] == "match.queued", frame
+            await asyncio.sleep(0.2)
+        for ws in (alice, carol):
             await ws.close()

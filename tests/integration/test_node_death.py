@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,41 +22,29 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.contract.ledger.books import fresh_database
-from tests.integration.processes import Server, serve
-from tests.integration.services import forget_prefix, require_redis
+from tests.integration import processes
+from tests.integration.processes import Server
+from tests.integration.services import require_redis
 from tests.wsutil import recv
 
 WITHIN_S = 10.0  # the bound from the kill to the survivor being told
 NODE_TTL_S = 5  # the default presence.node_ttl_s
 
 
-@asynccontextmanager
-async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[Server, Server, str, str]]:
-    prefix = f"jalwa-death-{time.time_ns()}"
-    async with fresh_database() as dsn:
-        shared = {
-            "JALWA_REDIS_URL": require_redis(),
-            "JALWA_PRESENCE__KEY_PREFIX": prefix,
-            "JALWA_DATABASE_URL": dsn,
-            "JALWA_BILLING__MINUTE_SECONDS": "1",
-            "JALWA_BILLING__LOOP_INTERVAL_S": "0.1",
-            "JALWA_BILLING__ORPHAN_AFTER_S": "6",
-            "JALWA_BILLING__DEFAULT_RATE": "1",
-            # The SFU runs (on the node that owns the call): one kill takes the media node,
-            # the other the node without it. No media connects; the watchdog waits 20 s.
-            "JALWA_MEDIA__MODE": "sfu",
-            "JALWA_MEDIA__HOST_ADDRESSES": '["127.0.0.1"]',
-            "JALWA_MEDIA__INCLUDE_LOOPBACK": "true",
-        }
-        with (
-            serve(tmp_path, JALWA_NODE_ID="node-a", **shared) as a,
-            serve(tmp_path, JALWA_NODE_ID="node-b", **shared) as b,
-        ):
-            try:
-                yield a, b, dsn, prefix
-            finally:
-                await forget_prefix(prefix)
+def two_nodes(tmp_path: Path) -> AbstractAsyncContextManager[tuple[Server, Server, str, str]]:
+    return processes.two_nodes(
+        tmp_path,
+        "death",
+        JALWA_BILLING__MINUTE_SECONDS="1",
+        JALWA_BILLING__LOOP_INTERVAL_S="0.1",
+        JALWA_BILLING__ORPHAN_AFTER_S="6",
+        JALWA_BILLING__DEFAULT_RATE="1",
+        # The SFU runs (on the node that owns the call): one kill takes the media node,
+        # the other the node without it. No media connects; the watchdog waits 20 s.
+        JALWA_MEDIA__MODE="sfu",
+        JALWA_MEDIA__HOST_ADDRESSES='["127.0.0.1"]',
+        JALWA_MEDIA__INCLUDE_LOOPBACK="true",
+    )
 
 
 async def token(http: aiohttp.ClientSession, node: Server, query: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from signalling.match.redis_store import _REQUEST, RedisMatch, _ticket_fields
+from signalling.match.redis_store import _REQUEST, RedisMatch, _ticket_json
 from signalling.match.store import Limits, Mode, Ticket
 
 NODE = "bench-node"
@@ -97,10 +97,17 @@ def tickets(mode: Mode, n: int) -> list[Ticket]:
     return out
 
 
-async def drive(jobs: list[Callable[[], Awaitable[bool]]], concurrency: int) -> float:
-    """Pairings per second (requests that did not pair are reported, not counted)."""
+async def drive(
+    jobs: list[Callable[[], Awaitable[int]]] | list[Callable[[], Awaitable[bool]]],
+    concurrency: int,
+    *,
+    requests: int | None = None,
+) -> float:
+    """Pairings per second (requests that did not pair are reported, not counted); a job
+    returns how many of its requests paired."""
     queue = iter(jobs)
     paired = 0
+    wanted = len(jobs) if requests is None else requests
 
     async def worker() -> None:
         nonlocal paired
@@ -111,8 +118,8 @@ async def drive(jobs: list[Callable[[], Awaitable[bool]]], concurrency: int) -> 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
-    if paired != len(jobs):
-        print(f"  (only {paired:,} of {len(jobs):,} requests paired)")
+    if paired != wanted:
+        print(f"  (only {paired:,} of {wanted:,} requests paired)")
     return paired / elapsed
 
 
@@ -130,20 +137,27 @@ async def round_(url: str, mode: Mode, driver: str, args: argparse.Namespace) ->
                     return await store.request(t) is not None
 
                 return run
-        else:
-            sha = await r.script_load(_REQUEST)
-            head = store._head  # the same fixed arguments the store sends
 
-            def job(t: Ticket) -> Callable[[], Awaitable[bool]]:
-                argv = [*head, "", "0", *_ticket_fields(t)]
+            return await drive([job(t) for t in batch], args.concurrency)
+        # The script alone: batches of `concurrency` requests, two calls in flight (as the
+        # hub's store at most), arguments prepared beforehand.
+        sha = await r.script_load(_REQUEST)
+        head = store._head  # the same fixed arguments the store sends
+        calls = []
+        for i in range(0, len(batch), args.concurrency):
+            argv: list[str | bytes] = [*head, str(len(batch[i : i + args.concurrency]))]
+            for t in batch[i : i + args.concurrency]:
+                argv += ["", "0", _ticket_json(t)]
+            calls.append(argv)
 
-                async def run() -> bool:
-                    reply: Any = await r.evalsha(sha, 0, *argv)
-                    return bool(reply[0] == 1)
+        def call(argv: list[str | bytes]) -> Callable[[], Awaitable[int]]:
+            async def run() -> int:
+                replies: Any = await r.evalsha(sha, 0, *argv)
+                return sum(reply[0] == 1 for reply in replies)
 
-                return run
+            return run
 
-        return await drive([job(t) for t in batch], args.concurrency)
+        return await drive([call(argv) for argv in calls], 2, requests=len(batch))
     finally:
         keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=5000)]
         for i in range(0, len(keys), 5000):
@@ -153,6 +167,7 @@ async def round_(url: str, mode: Mode, driver: str, args: argparse.Namespace) ->
 
 async def latency(url: str, n: int) -> tuple[float, float]:
     """match.request -> match.found through a hub on Redis, a host always waiting."""
+    import aiohttp
     from aiohttp.test_utils import TestClient, TestServer
 
     from signalling.app import create_app
@@ -168,10 +183,16 @@ async def latency(url: str, n: int) -> tuple[float, float]:
             "JALWA_PRESENCE__KEY_PREFIX": prefix,
             "JALWA_AUTH__SECRET": "b" * 32,
             "JALWA_LOG_LEVEL": "warning",
+            # every client of this bench is 127.0.0.1
+            "JALWA_HUB__MAX_CONNECTIONS_PER_IP": "100000",
+            "JALWA_HUB__CONNECTS_PER_IP_PER_S": "100000",
+            "JALWA_HUB__CONNECT_BURST_PER_IP": "100000",
         }
     )
     app = create_app(settings, hooks=FreeCalls())
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(app), connector=aiohttp.TCPConnector(limit=0)
+    )
     await client.start_server()
 
     def token(uid: str, role: Role) -> str:

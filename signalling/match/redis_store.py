@@ -9,10 +9,14 @@ Keys, every one under ``<prefix>:m:``:
 ``pool``        zset of hosts in the random pool, scored by joining time (ms)
 ``geo``         GEO set of hosts in the nearby pool
 ``r:<uid>``     a pairing of this user is being connected; TTL ``reserve_s``
-``rc:<uid>``    zset: peers paired with this user, scored by when (s); TTL ``avoid_recent_s``
+``rc:<caller>:<host>``  these two were paired; TTL ``avoid_recent_s`` (one key per pairing:
+                a single write, where a zset per user took three per side)
 
-Each operation is one Lua script. The pairing scripts (``_REQUEST`` per caller, whose mode
-picks the random or the GEO branch, and ``_OFFER`` per host) read presence
+Each operation is one Lua script; callers' requests made at about the same time share one
+call of theirs (``batch``), each as atomic as if alone. The pairing scripts (``_REQUEST``
+per caller, whose mode picks the random or the GEO branch, and ``_OFFER`` per host) read
+a pool a few members at a time, and a GEO set in circles that grow from 250 m, so a
+pairing costs what the first fitting members cost, not the pool's size. They read presence
 (``<prefix>:p:u:<uid>``, ``<prefix>:p:node:<node>``) and the call directory
 (``<prefix>:c:u:<uid>``) in the same atomic step as they pair, so a user who left, whose
 node died, or who is in a call is never paired; they build keys from the prefix, so this
@@ -23,10 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from ..cluster.replies import as_str
+from .batch import Batcher
 from .store import Busy, Filters, Limits, Mode, Offer, Pair, Ticket
 
 # ARGV[1..6]: key prefix ("<prefix>:"), avoid_recent_s, reserve (ms), scan_max,
@@ -34,8 +41,10 @@ from .store import Busy, Filters, Limits, Mode, Offer, Pair, Ticket
 _PRELUDE = """
 local P = ARGV[1]
 local M = P .. 'm:'
-local AVOID, RESERVE, SCAN = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local MAXKM, TICKET_TTL = ARGV[5], ARGV[6]
+local AVOID_MS = math.ceil(tonumber(ARGV[2]) * 1000)
+local RESERVE, SCAN = ARGV[3], tonumber(ARGV[4])
+local MAXKM, TICKET_TTL = tonumber(ARGV[5]), ARGV[6]
+local CHUNK, FIRST_KM = 8, 0.25  -- pool members read at a time; first circle (km)
 local clock = redis.call('TIME')
 local NOW = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 
@@ -59,10 +68,16 @@ local function args_from(first)
 end
 
 -- 1: eligible; 0: live but not free (in a call, being paired, not available); -1: a ghost
+local ALIVE = {}  -- node -> its liveness key exists (it cannot change during a script)
 local function live(uid, session, host)
   local r = redis.call('HMGET', P .. 'p:u:' .. uid, 'session', 'node', 'status', 'role')
   if not r[1] or r[1] ~= session or not r[2] then return -1 end
-  if redis.call('EXISTS', P .. 'p:node:' .. r[2]) == 0 then return -1 end
+  local alive = ALIVE[r[2]]
+  if alive == nil then
+    alive = redis.call('EXISTS', P .. 'p:node:' .. r[2]) == 1
+    ALIVE[r[2]] = alive
+  end
+  if not alive then return -1 end
   if host and (r[3] ~= 'available' or r[4] ~= 'host') then return 0 end
   local cid = redis.call('GET', P .. 'c:u:' .. uid)
   if cid and redis.call('EXISTS', P .. 'c:call:' .. cid) == 1 then return 0 end
@@ -80,8 +95,7 @@ local function fits(t, h)
       if not has(h.tags, tag) then return false end
     end
   end
-  local at = redis.call('ZSCORE', M .. 'rc:' .. t.uid, h.uid)
-  return not (at and tonumber(at) > NOW - AVOID)
+  return redis.call('EXISTS', M .. 'rc:' .. t.uid .. ':' .. h.uid) == 0
 end
 
 local function unpool(uid)
@@ -100,70 +114,118 @@ local function drop_ticket(uid)
   redis.call('ZREM', M .. 'wgeo', uid)
 end
 
-local function pair(t, h)
-  drop_ticket(t.uid)
+-- ``fresh``: the caller's ticket was never stored (paired the moment it came)
+local function pair(t, h, fresh)
+  if not fresh then drop_ticket(t.uid) end
   unpool(h.uid)
-  for _, ab in ipairs({{t.uid, h.uid}, {h.uid, t.uid}}) do
-    redis.call('SET', M .. 'r:' .. ab[1], '1', 'PX', RESERVE)
-    local k = M .. 'rc:' .. ab[1]
-    redis.call('ZADD', k, NOW, ab[2])
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', NOW - AVOID)
-    redis.call('EXPIRE', k, math.ceil(AVOID) + 1)
+  redis.call('SET', M .. 'r:' .. t.uid, '1', 'PX', RESERVE)
+  redis.call('SET', M .. 'r:' .. h.uid, '1', 'PX', RESERVE)
+  if AVOID_MS > 0 then
+    redis.call('SET', M .. 'rc:' .. t.uid .. ':' .. h.uid, '1', 'PX', AVOID_MS)
   end
+end
+
+-- Members nearest first: GEOSEARCH reads every member in the circle it is given, so the
+-- circle starts small and grows (x4) only while nobody in it fits.
+local function nearest(key, lon, lat, radius, try)
+  local r, seen = math.min(radius, FIRST_KM), -1
+  while true do
+    local near = redis.call('GEOSEARCH', key, 'FROMLONLAT', lon, lat,
+                            'BYRADIUS', r, 'km', 'ASC', 'COUNT', SCAN, 'WITHDIST')
+    for _, m in ipairs(near) do
+      if tonumber(m[2]) > seen then
+        local got = try(m[1], m[2])
+        if got then return got end
+      end
+    end
+    if r >= radius or #near >= SCAN then return nil end
+    seen, r = r, math.min(r * 4, radius)
+  end
+end
+
+-- Pool members from ``offset`` on, a few at a time (the first nearly always fits), at most
+-- SCAN of them. ``try`` says whether it took the member out of the pool (which moves
+-- the rest up).
+local function in_order(key, offset, try)
+  if offset > 0 and offset >= redis.call('ZCARD', key) then offset = 0 end
+  local left = SCAN
+  while left > 0 do
+    local n = math.min(CHUNK, left)
+    local chunk = redis.call('ZRANGE', key, offset, offset + n - 1)
+    for _, m in ipairs(chunk) do
+      local got, removed = try(m, '')
+      if got then return got end
+      if not removed then offset = offset + 1 end
+    end
+    left = left - #chunk
+    if #chunk < n then return nil end
+  end
+  return nil
 end
 """
 
-# ARGV[7]: renew ("1"), ARGV[8]: offset into the random pool, then the ticket's fields.
-# Returns {0} (renewed ticket gone), {-1} (caller busy), {2} (waiting) or {1, distance, host}.
+# Requests, in order, each as atomic as one script: ARGV[7] is their count, then three
+# arguments each: renew ("1"), an offset into the random pool, and the ticket's fields as
+# one JSON object of strings (one argument, not two per field: packing arguments is most of
+# what a request costs the client). Replies, one per request: {0} (renewed ticket gone),
+# {-1} (caller busy), {2} (waiting) or {1, distance, the host's fields as JSON}.
 _REQUEST = (
     _PRELUDE
     + """
-local t = args_from(9)
-local uid, renew = t.uid, ARGV[7] == '1'
-local tk = M .. 't:' .. uid
-if renew and redis.call('HGET', tk, 'id') ~= t.id then return {0} end
-local cid = redis.call('GET', P .. 'c:u:' .. uid)
-if (cid and redis.call('EXISTS', P .. 'c:call:' .. cid) == 1)
-    or redis.call('EXISTS', M .. 'r:' .. uid) == 1 then
-  return {-1}
-end
-if not renew then drop_ticket(uid) end
-local found = {}
-if t.mode == 'random' then
-  local offset = tonumber(ARGV[8])
-  if offset >= redis.call('ZCARD', M .. 'pool') then offset = 0 end
-  for _, m in ipairs(redis.call('ZRANGE', M .. 'pool', offset, offset + SCAN - 1)) do
-    found[#found + 1] = {m, ''}
+local function request(renew, offset, t)
+  local uid = t.uid
+  local tk = M .. 't:' .. uid
+  if renew and redis.call('HGET', tk, 'id') ~= t.id then return {0} end
+  local cid = redis.call('GET', P .. 'c:u:' .. uid)
+  if (cid and redis.call('EXISTS', P .. 'c:call:' .. cid) == 1)
+      or redis.call('EXISTS', M .. 'r:' .. uid) == 1 then
+    return {-1}
   end
-elseif t.lat then
-  local near = redis.call('GEOSEARCH', M .. 'geo', 'FROMLONLAT', t.lon, t.lat,
-                          'BYRADIUS', t.radius, 'km', 'ASC', 'COUNT', SCAN, 'WITHDIST')
-  for _, r in ipairs(near) do found[#found + 1] = {r[1], r[2]} end
-end
-for _, c in ipairs(found) do
-  local h, flat = hash(M .. 'h:' .. c[1])
-  if not h then
-    unpool(c[1])
-  else
-    local l = live(c[1], h.session, true)
+  if not renew and redis.call('EXISTS', tk) == 1 then drop_ticket(uid) end
+  local function try(host, dist)
+    local h = hash(M .. 'h:' .. host)
+    if not h then unpool(host); return nil, true end
+    local l = live(host, h.session, true)
     if l < 0 then
-      drop_host(c[1])
+      drop_host(host)
+      return nil, true
     elseif l == 0 then
-      unpool(c[1])
+      unpool(host)
+      return nil, true
     elseif fits(t, h) then
-      pair(t, h)
-      return {1, c[2], flat}
+      pair(t, h, not renew)
+      return {1, dist, cjson.encode(h)}
     end
+    return nil, false
   end
+  local got
+  if t.mode == 'random' then
+    got = in_order(M .. 'pool', offset, try)
+  elseif t.lat then
+    got = nearest(M .. 'geo', t.lon, t.lat, tonumber(t.radius), try)
+  end
+  if got then return got end
+  local fields = {}
+  for name, value in pairs(t) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+  redis.call('HSET', tk, unpack(fields))
+  redis.call('EXPIRE', tk, TICKET_TTL)
+  if t.mode == 'random' then
+    redis.call('ZADD', M .. 'wait', 'NX', math.floor(NOW * 1000), uid)
+  else
+    redis.call('GEOADD', M .. 'wgeo', t.lon, t.lat, uid)
+  end
+  return {2}
 end
-redis.call('HSET', tk, unpack(ARGV, 9))
-redis.call('EXPIRE', tk, TICKET_TTL)
-if t.mode == 'random' then
-  redis.call('ZADD', M .. 'wait', 'NX', math.floor(NOW * 1000), uid)
-else
-  redis.call('GEOADD', M .. 'wgeo', t.lon, t.lat, uid)
+
+local replies = {}
+for k = 1, tonumber(ARGV[7]) do
+  local at = 5 + 3 * k
+  replies[k] = request(ARGV[at] == '1', tonumber(ARGV[at + 1]), cjson.decode(ARGV[at + 2]))
 end
-return {2}
+return replies
 """
 )
 
@@ -181,29 +243,26 @@ end
 if live(uid, h.session, true) ~= 1 then return {0} end
 redis.call('DEL', M .. 'h:' .. uid)
 redis.call('HSET', M .. 'h:' .. uid, unpack(ARGV, 8))
-local found = {}
-if h.random == '1' then
-  for _, m in ipairs(redis.call('ZRANGE', M .. 'wait', 0, SCAN - 1)) do
-    found[#found + 1] = {m, ''}
-  end
-end
-if h.nearby == '1' and h.lat then
-  local near = redis.call('GEOSEARCH', M .. 'wgeo', 'FROMLONLAT', h.lon, h.lat,
-                          'BYRADIUS', MAXKM, 'km', 'ASC', 'COUNT', SCAN, 'WITHDIST')
-  for _, r in ipairs(near) do found[#found + 1] = {r[1], r[2]} end
-end
-for _, c in ipairs(found) do
-  local t, flat = hash(M .. 't:' .. c[1])
+local function try(caller, dist)
+  local t, flat = hash(M .. 't:' .. caller)
   if not t then
-    redis.call('ZREM', M .. 'wait', c[1])
-    redis.call('ZREM', M .. 'wgeo', c[1])
-  elseif live(c[1], t.session, false) ~= 1 then
-    drop_ticket(c[1])
-  elseif (c[2] == '' or tonumber(c[2]) <= tonumber(t.radius)) and fits(t, h) then
-    pair(t, h)
-    return {1, c[2], flat}
+    redis.call('ZREM', M .. 'wait', caller)
+    redis.call('ZREM', M .. 'wgeo', caller)
+    return nil, true
+  elseif live(caller, t.session, false) ~= 1 then
+    drop_ticket(caller)
+    return nil, true
+  elseif (dist == '' or tonumber(dist) <= tonumber(t.radius)) and fits(t, h) then
+    pair(t, h, false)
+    return {1, dist, flat}
   end
+  return nil, false
 end
+local got = h.random == '1' and in_order(M .. 'wait', 0, try) or nil
+if not got and h.nearby == '1' and h.lat then
+  got = nearest(M .. 'wgeo', h.lon, h.lat, MAXKM, try)
+end
+if got then return got end
 if h.random == '1' then
   redis.call('ZADD', M .. 'pool', 'NX', math.floor(NOW * 1000), uid)
 else
@@ -238,9 +297,17 @@ return 1
 """
 )
 
+_JSON = msgspec.json.Encoder()
+_HOST_DECODER = msgspec.json.Decoder(dict[str, str])
+
 
 def _csv(items: Iterable[str]) -> str:
     return ",".join(sorted(items))
+
+
+def _ticket_json(t: Ticket) -> bytes:
+    fields = _ticket_fields(t)
+    return _JSON.encode(dict(zip(fields[::2], fields[1::2], strict=True)))
 
 
 def _ticket_fields(t: Ticket) -> list[str]:
@@ -356,7 +423,13 @@ class RedisMatch:
             repr(float(limits.nearby_max_km)),
             str(max(1, math.ceil(ticket_ttl_s))),
         ]
-        self._request = client.register_script(_REQUEST)
+        request = client.register_script(_REQUEST)
+
+        async def requests(argv: list[str | bytes]) -> list[Any]:
+            replies: list[Any] = await request(args=[*self._head, *argv])
+            return replies
+
+        self._requests = Batcher(requests)
         self._offer = client.register_script(_OFFER)
         self._cancel = client.register_script(_CANCEL)
         self._withdraw = client.register_script(_WITHDRAW)
@@ -365,13 +438,14 @@ class RedisMatch:
         return f"{self._prefix}:m:{name}"
 
     async def request(self, ticket: Ticket, *, renew: bool = False, offset: int = 0) -> Pair | None:
-        args = [*self._head, "1" if renew else "", str(offset), *_ticket_fields(ticket)]
-        reply = await self._request(args=args)
+        args = ["1" if renew else "", str(offset), _ticket_json(ticket)]
+        reply = await self._requests.submit(args)
         if reply[0] == -1:
             raise Busy(ticket.user_id)
         if reply[0] != 1:
             return None
-        return Pair(ticket=ticket, host=_offer(_fields(reply[2])), distance_km=_distance(reply[1]))
+        host = _offer(_HOST_DECODER.decode(reply[2]))
+        return Pair(ticket=ticket, host=host, distance_km=_distance(reply[1]))
 
     async def cancel(self, user_id: str, ticket_id: str | None = None) -> bool:
         return bool(await self._cancel(args=[*self._head, user_id, ticket_id or ""]))

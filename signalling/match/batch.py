@@ -23,34 +23,46 @@ class Batcher:
         self._limit = limit
         self._depth = depth
         self._queue: list[tuple[list[str | bytes], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Flushers running or about to: counted down by the flusher itself the moment it
+        # finds the queue empty (a done callback runs later, and a request queued in
+        # between would wait for a flusher that is gone).
+        self._flushing = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # (kept referenced while they run)
 
     async def submit(self, args: list[str | bytes]) -> Any:
         """One request's arguments; resolves to its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future))
-        if len(self._tasks) < self._depth:
+        if self._flushing < self._depth:
+            self._flushing += 1
             task = asyncio.create_task(self._flush())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch = self._queue[: self._limit]
-            del self._queue[: self._limit]
-            argv: list[str | bytes] = [str(len(batch))]
-            for args, _ in batch:
-                argv += args
-            try:
-                replies = list(await self._run(argv))
-                if len(replies) != len(batch):
-                    raise RuntimeError(f"{len(replies)} replies to {len(batch)} requests")
-            except Exception as exc:  # every waiter hears of it (a store error)
-                for _, future in batch:
+        try:
+            while self._queue:
+                batch = self._queue[: self._limit]
+                del self._queue[: self._limit]
+                argv: list[str | bytes] = [str(len(batch))]
+                for args, _ in batch:
+                    argv += args
+                try:
+                    replies = list(await self._run(argv))
+                    if len(replies) != len(batch):
+                        raise RuntimeError(f"{len(replies)} replies to {len(batch)} requests")
+                except asyncio.CancelledError:  # shutting down: nobody waits forever
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                except Exception as exc:  # every waiter hears of it (a store error)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), reply in zip(batch, replies, strict=True):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), reply in zip(batch, replies, strict=True):
-                if not future.done():
-                    future.set_result(reply)
+                        future.set_result(reply)
+        finally:
+            self._flushing -= 1

@@ -41,3 +41,14 @@ async def test_a_store_error_reaches_every_waiter_and_a_short_reply_is_one() -> 
     one = Batcher(short, depth=1)
     with pytest.raises(RuntimeError, match="1 replies to 2 requests"):
         await asyncio.gather(one.submit(["a"]), one.submit(["b"]))
+
+
+async def test_a_request_right_after_the_last_one_is_answered_is_not_orphaned() -> None:
+    async def run(argv: list[str | bytes]) -> Sequence[Any]:
+        return list(argv[1:])
+
+    batcher = Batcher(run, depth=1)
+    assert await batcher.submit(["a"]) == "a"
+    # The flusher has just found its queue empty; its task's done callback has not run yet.
+    async with asyncio.timeout(1):  # (in this task: wait_for's own task would come too late)
+        assert await batcher.submit(["b"]) == "b"

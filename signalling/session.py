@@ -61,6 +61,9 @@ class Session:
         self.aborted = False
         # Set by the I/O side: called when the session must stop sending at once.
         self.on_abort: Callable[[], None] | None = None
+        # Set by the I/O side: the connection's transport, closed by the event loop the
+        # moment the client goes, while the session may still be handling its last frame.
+        self.transport: asyncio.BaseTransport | None = None
 
     @property
     def user_id(self) -> str:
@@ -69,6 +72,13 @@ class Session:
     @property
     def closing(self) -> bool:
         return self.close_code is not None
+
+    @property
+    def reachable(self) -> bool:
+        """False once the connection is known to be gone (or closing): the hub may not
+        have seen it yet, e.g. while it handles the session's last frame."""
+        t = self.transport
+        return self.close_code is None and (t is None or not t.is_closing())
 
     def send(self, message: ServerMessage) -> None:
         self.send_frame(encode(message))

@@ -73,6 +73,7 @@ async def _serve(
         pump.cancel()
 
     session.on_abort = abort
+    session.transport = request.transport
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:

@@ -278,7 +278,7 @@ class Matchmaking:
         if waiting is not None and waiting.ticket.ticket_id == pair.ticket.ticket_id:
             del self._waiting[uid]
         session = self._port.session_of(uid)
-        if session is None or session.session_id != pair.ticket.session_id:
+        if session is None or session.session_id != pair.ticket.session_id or not session.reachable:
             await self.store.release([uid, host])
             await self._reoffer(host)
             return
@@ -348,7 +348,12 @@ class Matchmaking:
         place = session.location
         if pools.nearby and place is not None and abs(place[0]) <= MAX_GEO_LAT:
             modes.add("nearby")
-        if not modes or session.status != "available" or self._in_call(user_id):
+        if (
+            not modes
+            or session.status != "available"
+            or self._in_call(user_id)
+            or not session.reachable  # its connection just went: not a partner for anyone
+        ):
             self._offers.pop(user_id, None)
             await self.store.withdraw(user_id, session.session_id)
             return
@@ -383,7 +388,8 @@ class Matchmaking:
         """With the beat: a local host who should be pooled but is not (a pairing that was
         never rung, its caller's node died) goes back in."""
         for uid, offer in list(self._offers.items()):
-            if self._in_call(uid):
+            session = self._port.session_of(uid)
+            if self._in_call(uid) or session is None or not session.reachable:
                 continue
             pair = await self.store.offer(offer, only_if_absent=True)
             if pair is not None:

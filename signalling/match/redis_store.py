@@ -306,15 +306,17 @@ def _csv(items: Iterable[str]) -> str:
 
 
 def _ticket_json(t: Ticket) -> bytes:
-    fields = _ticket_fields(t)
-    return _JSON.encode(dict(zip(fields[::2], fields[1::2], strict=True)))
-
-
-def _ticket_fields(t: Ticket) -> list[str]:
+    """The ticket's fields as one JSON object of strings (a hash has no nulls: unset ones
+    are left out)."""
     f = t.filters
-    fields = ["id", t.ticket_id, "uid", t.user_id, "name", t.name, "node", t.node_id]
-    fields += ["session", t.session_id, "mode", t.mode, "radius", repr(float(t.radius_km))]
-    optional = {
+    fields: dict[str, str | None] = {
+        "id": t.ticket_id,
+        "uid": t.user_id,
+        "name": t.name,
+        "node": t.node_id,
+        "session": t.session_id,
+        "mode": t.mode,
+        "radius": repr(float(t.radius_km)),
         "maxrate": None if f.max_rate is None else str(f.max_rate),
         "lang": f.language,
         "gender": f.gender,
@@ -323,7 +325,7 @@ def _ticket_fields(t: Ticket) -> list[str]:
         "lat": None if t.lat is None else repr(float(t.lat)),
         "lon": None if t.lon is None else repr(float(t.lon)),
     }
-    return fields + _present(optional)
+    return _JSON.encode({name: value for name, value in fields.items() if value is not None})
 
 
 def _offer_fields(h: Offer) -> list[str]:

@@ -42,6 +42,7 @@ from billing.ledger import (
     minutes_left,
 )
 from billing.memory_books import AccountName, Books, CallRow, WithdrawalRow, charge
+from billing.reports_memory import MemoryReports
 from billing.rules import (
     ADMIN_CLEARING,
     EARNINGS,
@@ -69,6 +70,10 @@ class MemoryLedger:
         self._settings = settings
         self._now = now
         self._books = Books(now)
+
+    def reports(self) -> MemoryReports:
+        """The admin figures over these books."""
+        return MemoryReports(self._books, self._now)
 
     # --- calls ----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ class BillingLoop:
         events: BillingEvents,
         *,
         before_round: Callable[[], Awaitable[None]] | None = None,
+        on_round: Callable[[int, float], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger = ledger
@@ -49,14 +50,24 @@ class BillingLoop:
         # ledger before any of their later minutes can be charged.
         self._before_round = before_round
         self._monotonic = monotonic
+        # (calls billed or stopped, seconds the round took): the metrics' batch and lag.
+        self._on_round = on_round
+        self.finished_at = monotonic()
+        """When a round last completed (monotonic): the admin stats' billing lag."""
+        self.errors = 0
+        """Rounds that failed (the ledger raised)."""
         self._failing_since: float | None = None
         self._told = False
 
     async def run_once(self) -> BillingRound:
         """One batch: charge, then report. Returns what the ledger did."""
+        started = self._monotonic()
         if self._before_round is not None:
             await self._before_round()
         billed = await self._ledger.bill_due(self._settings.batch_size)
+        self.finished_at = self._monotonic()
+        if self._on_round is not None:
+            self._on_round(len(billed.ticks) + len(billed.stopped), self.finished_at - started)
         warn_below = self._settings.low_balance_minutes
         for tick in billed.ticks:
             await self._report(
@@ -78,6 +89,7 @@ class BillingLoop:
             except Exception:
                 # The database going away must not stop billing for good; retry next round.
                 log.exception("billing round failed")
+                self.errors += 1
                 await self._failed()
             await asyncio.sleep(self._settings.loop_interval_s)
 

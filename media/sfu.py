@@ -109,6 +109,7 @@ class Sfu:
         """Told when a party's media did not connect in time; settable after construction
         (the hub that ends the call is built after the SFU)."""
         self._calls: dict[str, CallMedia] = {}
+        self._forwarded_before = (0, 0)  # (frames, packets) of the calls already closed
         self._closing: set[asyncio.Future[None]] = set()
         self._closed = False
         self._recorded: dict[Path, Recording] = {}
@@ -209,6 +210,11 @@ class Sfu:
         if call is None:
             return
         call.closed = True
+        frames, packets = _forwarded(call.stats())
+        self._forwarded_before = (
+            self._forwarded_before[0] + frames,
+            self._forwarded_before[1] + packets,
+        )
         for watchdog in call.watchdogs.values():
             watchdog.cancel()
         legs = list(call.legs.values())
@@ -252,6 +258,18 @@ class Sfu:
         return await asyncio.to_thread(
             scan_recordings, record_dir, dict(self._recorded), set(self._recording_dirs)
         )
+
+    def legs(self) -> int:
+        """Peer connections open now, over every call."""
+        return sum(len(call.legs) for call in self._calls.values())
+
+    def forwarded(self) -> tuple[int, int]:
+        """(frames, packets) forwarded since start, over every call (the metrics)."""
+        frames, packets = self._forwarded_before
+        for call in self._calls.values():
+            live = _forwarded(call.stats())
+            frames, packets = frames + live[0], packets + live[1]
+        return frames, packets
 
     def stats(self, call_id: str) -> CallStats | None:
         call = self._calls.get(call_id)
@@ -367,3 +385,11 @@ class Sfu:
 def _discard(tasks: dict[str, asyncio.Task[None]], party: str, task: asyncio.Task[None]) -> None:
     if tasks.get(party) is task:
         del tasks[party]
+
+
+def _forwarded(stats: CallStats) -> tuple[int, int]:
+    subscriptions = [s for leg in stats.legs.values() for s in leg.subscribed.values()]
+    return (
+        sum(s.frames_forwarded for s in subscriptions),
+        sum(s.packets_forwarded for s in subscriptions),
+    )

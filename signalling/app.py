@@ -30,6 +30,7 @@ from billing.migrate import migrate
 from media.sfu import Sfu
 from turn.credentials import ice_servers as turn_ice_servers
 
+from .admin.metrics import Metrics
 from .assembly import MatchParts, Wings, assemble
 from .auth import Identity, Role, TokenVerifier, load_keys, mint_token
 from .calls.billing import HubBillingEvents, LedgerHooks
@@ -45,6 +46,7 @@ from .cluster.bus import LocalRouter, RedisRouter, Router
 from .cluster.resume import MemoryResume, ResumeStore
 from .cluster.resume_redis import RedisResume
 from .errors import ConfigError
+from .http.admin import add_admin_routes
 from .http.rest import add_routes, json_errors
 from .keys import (
     BILLING_SETTINGS,
@@ -57,6 +59,10 @@ from .keys import (
     HUB_SETTINGS,
     KEYS,
     LEDGER,
+    METRICS,
+    MONGO,
+    OPERATIONS,
+    PG_POOL,
     PRESENCE,
     SETTINGS,
     SFU,
@@ -66,6 +72,7 @@ from .limits import ConnectionLimiter
 from .match.memory import MemoryMatch
 from .match.redis_store import RedisMatch
 from .match.store import Limits, MatchStore
+from .operations import build_operations
 from .presence.memory import MemoryPresence, MemoryWorld
 from .presence.redis_store import RedisPresence
 from .presence.store import PresenceStore
@@ -102,13 +109,14 @@ def create_app(
     app[VERIFIER] = TokenVerifier(keys, settings.auth)
     app[CONNECTIONS] = ConnectionLimiter(settings.hub, app[CLOCK])
     app[BILLING_SETTINGS] = settings.billing
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(_ledger_context)
     app.cleanup_ctx.append(_chat_context)
     app.cleanup_ctx.append(_hub_context(hooks))
     app.on_shutdown.append(_close_sessions)
     app.router.add_get("/v1/ws", websocket)
-    app.router.add_get("/healthz", _health)
     add_routes(app)
+    add_admin_routes(app)
     if settings.env == "development":
         app.router.add_get("/v1/dev/token", _dev_token)
         if settings.hub.demo_page:
@@ -132,7 +140,8 @@ async def _ledger_context(app: web.Application) -> AsyncIterator[None]:
                 applied = await migrate(conn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-        app[LEDGER] = PgLedger(pool, settings.billing)
+        app[LEDGER] = app[METRICS].timed(PgLedger(pool, settings.billing), "postgres")
+        app[PG_POOL] = pool
         yield
     finally:
         await pool.close()
@@ -155,7 +164,8 @@ async def _chat_context(app: web.Application) -> AsyncIterator[None]:
     try:
         store = MongoChat(client, settings.chat.database, now=clock.time)
         await store.ensure_indexes()
-        app[CHAT_STORE] = store
+        app[CHAT_STORE] = app[METRICS].timed(store, "mongo")
+        app[MONGO] = client
         yield
     finally:
         await client.close()
@@ -212,6 +222,9 @@ def _hub_context(
                 limits=limits,
                 ticket_ttl_s=m.timeout_s + 60,
             )
+            timed = app[METRICS].timed
+            presence, directory = timed(presence, "redis"), timed(directory, "redis")
+            resume, match_store = timed(resume, "redis"), timed(match_store, "redis")
         else:
             memory_directory = MemoryCallDirectory(clock, ttl_s=settings.presence.node_ttl_s)
             directory = memory_directory
@@ -266,8 +279,26 @@ def _hub_context(
             app[SFU] = sfu
         events = HubBillingEvents(hub, calls_wing)
         billing_loop = BillingLoop(
-            app[LEDGER], settings.billing, events, before_round=ledger_hooks.flush_closes
+            app[LEDGER],
+            settings.billing,
+            events,
+            before_round=ledger_hooks.flush_closes,
+            on_round=app[METRICS].billing_round,
         )
+        operations = build_operations(
+            settings,
+            clock=clock,
+            wings=wings,
+            ledger=app[LEDGER],
+            chat_store=app[CHAT_STORE],
+            billing_loop=billing_loop,
+            metrics=app[METRICS],
+            sfu=sfu,
+            pool=app.get(PG_POOL),
+            redis=client,
+            mongo=app.get(MONGO),
+        )
+        app[OPERATIONS] = operations
         await presence_wing.beat()
         await hub.start_routing()
         tasks = [
@@ -275,6 +306,7 @@ def _hub_context(
             asyncio.create_task(_every(beat_every, presence_wing.beat, "presence beat")),
             asyncio.create_task(_every(beat_every, calls_wing.beat, "call directory beat")),
             asyncio.create_task(billing_loop.run()),
+            asyncio.create_task(_every(beat_every, operations.stats.post_own, "node board")),
         ]
         if wings.match is not None:
             tasks.append(asyncio.create_task(wings.match.run()))
@@ -355,11 +387,6 @@ async def _close_sessions(app: web.Application) -> None:
             if not hub.sessions:
                 break
             await asyncio.sleep(0.05)
-
-
-async def _health(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    return web.json_response({"status": "ok", "node": hub.node_id, "sessions": len(hub.sessions)})
 
 
 def _is_loopback(request: web.Request) -> bool:

@@ -142,7 +142,7 @@ def _serve(
     _check_key(settings, host)
     app = create_app(settings)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run_server(app, host, port, settings.shutdown_timeout_s, reuse_port))
+        runner.run(_run_server(app, host, port, settings, reuse_port))
     return 0
 
 
@@ -187,30 +187,45 @@ def _supervise(
         port=port,
         node_id=settings.node_id,
         environ=env,
-        stop_timeout_s=settings.shutdown_timeout_s + 5,
+        stop_timeout_s=settings.hub.drain_deadline_s + settings.shutdown_timeout_s + 5,
     )
     return supervisor.run()
 
 
 async def _run_server(
-    app: Any, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
+    app: Any, host: str, port: int, settings: Settings, reuse_port: bool = False
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully (sessions get 1012)."""
+    """Serve until SIGINT (shut down now: sessions get 1012, calls end) or SIGTERM (drain
+    first, see drain.py; a second signal stops the drain)."""
     from aiohttp import web
 
+    from .drain import drain, settle_margin
+
+    deadline = settings.hub.drain_deadline_s
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None
+        app,
+        handle_signals=False,
+        shutdown_timeout=min(settings.shutdown_timeout_s, settle_margin(deadline) or 1.0),
+        access_log=None,
     )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         logging.getLogger("jalwa").info("listening on http://%s:%d", host, port)
-        stop = asyncio.Event()
+        signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
+        first = await signals.get()
+        if first is signal.SIGTERM and deadline > 0:
+            logging.getLogger("jalwa").info("SIGTERM: draining (deadline %g s)", deadline)
+            draining = asyncio.ensure_future(drain(app, deadline))
+            again = asyncio.ensure_future(signals.get())
+            await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (draining, again):
+                task.cancel()
+            await asyncio.gather(draining, again, return_exceptions=True)
         logging.getLogger("jalwa").info("stopping")
     finally:
         await runner.cleanup()

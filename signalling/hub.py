@@ -1,22 +1,22 @@
 """The signalling hub: sessions, frame dispatch, routing to users on other nodes, and the
 inbox from them. Everything a feature does lives in a wing (calls/, presence/, chat/, ...)
-that knows the hub only through ``port.HubPort``.
-
-Nothing here touches a socket (ws.py does), so tests drive the hub with plain calls.
-Section numbers (§) refer to docs/protocol.md.
+that knows the hub only through ``port.HubPort``. Nothing here touches a socket (ws.py
+does), so tests drive the hub with plain calls. § refers to docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .auth import Identity, Role, user_info
 from .clock import Clock
-from .cluster.bus import CloseSession, LocalRouter, NodeMessage, Router, UserFrame
+from .cluster.bus import CloseSession, Evict, LocalRouter, NodeMessage, Router, UserFrame
 from .cluster.lanes import Lanes
-from .cluster.resume import Parked, ResumeStore
+from .cluster.resume import ResumeStore, missed_frames
 from .errors import JalwaError
 from .parking import Parking
 from .port import ANSWERED, Departure, Handler, Located
@@ -89,7 +89,12 @@ class Hub:
         self._node_handlers: dict[type[NodeMessage], NodeHandler] = {
             UserFrame: self._frame_from_other_node,
             CloseSession: self._close_from_other_node,
+            Evict: self._evict_here,
         }
+        # (message type, "ok" or error code): read by the metrics on scrape.
+        self.frames: Counter[tuple[str, str]] = Counter()
+        self.on_relayed: Callable[[float], None] | None = None  # s per rtc.* frame here
+        self.draining = False  # SIGTERM: no new sessions (§7, 1012)
 
     # --- the port (port.HubPort) --------------------------------------------------------
 
@@ -134,11 +139,9 @@ class Hub:
         return self.sessions.get(user_id) or self.parked(user_id)
 
     def deliver(self, user_id: str, message: ServerMessage) -> bool:
-        session = self._target(user_id)
-        if session is None:
-            return False
-        session.send(message)
-        return True
+        if (session := self._target(user_id)) is not None:
+            session.send(message)
+        return session is not None
 
     async def deliver_anywhere(self, user_id: str, *messages: ServerMessage) -> bool:
         """Several messages for one user cost one look-up of where they are."""
@@ -160,13 +163,10 @@ class Hub:
         return await self._directory.get_many(user_ids)
 
     async def find_user(self, user_id: str) -> Identity | None:
-        session = self.sessions.get(user_id)
-        if session is not None:
+        if (session := self.sessions.get(user_id)) is not None:
             return session.identity
         record = (await self._directory.get_many([user_id])).get(user_id)
-        if record is None:
-            return None
-        return Identity(record.user_id, Role(record.role), record.name)
+        return None if record is None else Identity(record.user_id, Role(record.role), record.name)
 
     async def to_node(self, node_id: str, message: NodeMessage) -> None:
         await self._router.to_node(node_id, message)
@@ -195,7 +195,7 @@ class Hub:
         )
         replay: list[bytes] | None = None
         if resume is not None and self._resume is not None:
-            replay = _missed(await self._resume.take(resume[0], uid), resume[1])
+            replay = missed_frames(await self._resume.take(resume[0], uid), resume[1])
             session.resumed = replay is not None
         parked = self.parked(uid)
         if parked is not None and self.parking is not None:
@@ -266,6 +266,20 @@ class Hub:
                 return  # (not parked: a newer session replaced it meanwhile)
         await self._leave(session, Departure.GONE)
 
+    async def evict(self, user_id: str, reason: str) -> None:
+        """Close the user's session wherever it is (4003 ``reason``, not resumable): a ban."""
+        await self._evict_here(Evict(user_id=user_id, reason=reason))
+        await self._router.broadcast(Evict(user_id=user_id, reason=reason))
+
+    async def _evict_here(self, message: Evict) -> None:
+        parked, uid = self.parked(message.user_id), message.user_id
+        if parked is not None and self.parking is not None:
+            self.parking.drop(parked)
+            await self._leave(parked, Departure.GONE)
+        if (session := self.sessions.pop(uid, None)) is not None:
+            session.close(CloseCode.FORBIDDEN, message.reason)
+            await self._leave(session, Departure.GONE)
+
     async def _leave(self, session: Session, how: Departure) -> None:
         for callback in self._on_leave:
             await callback(session, how)
@@ -286,6 +300,7 @@ class Hub:
         if not session.rate.allow():
             session.rate_strikes += 1
             if session.rate_strikes >= self._settings.flood_close_after:
+                self.frames["-", ErrorCode.RATE_LIMITED] += 1
                 session.close(CloseCode.POLICY, "rate limit exceeded")
             else:
                 self._error(session, ErrorCode.RATE_LIMITED, "slow down", peek_id(frame))
@@ -309,22 +324,25 @@ class Hub:
         except DecodeFailure as exc:
             self._error(session, exc.code, exc.message, exc.request_id)
             return
+        kind = str(type(message).__struct_config__.tag)
         handler = self._handlers.get(type(message))
         if handler is None:
-            kind = type(message).__struct_config__.tag
-            self._error(session, ErrorCode.UNKNOWN_TYPE, f"{kind} is not enabled here", message.id)
+            self._error(
+                session, ErrorCode.UNKNOWN_TYPE, f"{kind} is not enabled here", message.id, kind
+            )
             return
+        started = time.perf_counter()
         try:
             reply, effects = await handler(session, message)
         except JalwaError as exc:
-            self._error(session, exc.code, exc.message, message.id)
+            self._error(session, exc.code, exc.message, message.id, kind)
             return
         except Exception:
             # A store going away must not take the session with it: say so and carry on.
             self._log.exception(
                 "handler failed: %s from %s", type(message).__name__, session.user_id
             )
-            self._error(session, ErrorCode.UNAVAILABLE, "try again shortly", message.id)
+            self._error(session, ErrorCode.UNAVAILABLE, "try again shortly", message.id, kind)
             return
         if message.id is not None and reply is not ANSWERED:
             session.send(reply if isinstance(reply, Ack) else Ack(id=message.id))
@@ -335,9 +353,15 @@ class Hub:
                 # The request itself succeeded (and was acked); what failed is logged. The
                 # wings' effect runners keep their state consistent on hook failures.
                 self._log.exception("effects of %s failed", type(message).__name__)
+        self.frames[kind, "ok"] += 1
+        if self.on_relayed is not None and kind.startswith("rtc."):
+            self.on_relayed(time.perf_counter() - started)
 
-    def _error(self, session: Session, code: str, message: str, request_id: str | None) -> None:
-        session.send(Error(code=code, message=message, id=request_id))
+    def _error(
+        self, session: Session, code: str, message: str, rid: str | None, kind: str = "-"
+    ) -> None:
+        self.frames[kind, code] += 1  # kind "-": the frame never decoded
+        session.send(Error(code=code, message=message, id=rid))
 
     # --- the inbox from other nodes (DESIGN §3) -----------------------------------------
 
@@ -373,12 +397,3 @@ class Hub:
             del self.sessions[message.user_id]
             session.close(CloseCode.REPLACED, "replaced by a newer session")
             await self._leave(session, Departure.MOVED)
-
-
-def _missed(parked: Parked | None, last_seq: int) -> list[bytes] | None:
-    """The frames after ``last_seq``, if the parked session has every one of them."""
-    if parked is None or parked.overflowed:
-        return None
-    if not parked.first_seq - 1 <= last_seq <= parked.last_seq:
-        return None  # some were dropped from the bounded buffer, or the count is wrong
-    return parked.frames[last_seq - parked.first_seq + 1 :]

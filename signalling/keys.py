@@ -3,12 +3,18 @@ HTTP/WebSocket edges read. Wings never read the app; they are given what they ne
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
 from aiohttp import web
+from pymongo import AsyncMongoClient
 
 from billing.ledger import Ledger
 from billing.settings import BillingSettings
 from media.sfu import Sfu
 
+from .admin.metrics import Metrics
+from .admin.ops import Operations
 from .auth import KeyMaterial, TokenVerifier
 from .calls.service import Calls
 from .chat.handlers import ChatService
@@ -33,3 +39,7 @@ CALLS = web.AppKey("calls", Calls)
 PRESENCE = web.AppKey("presence", Presence)
 CHAT = web.AppKey("chat", ChatService)
 SFU = web.AppKey("sfu", Sfu)
+METRICS = web.AppKey("metrics", Metrics)
+OPERATIONS = web.AppKey("operations", Operations)
+PG_POOL: web.AppKey[asyncpg.Pool[asyncpg.Record]] = web.AppKey("pg_pool")
+MONGO: web.AppKey[AsyncMongoClient[dict[str, Any]]] = web.AppKey("mongo")

@@ -127,6 +127,12 @@ class HubSettings(Section):
         description="bytes of recent frames a connected session keeps for its resume",
     )
     ring_timeout_s: float = Field(30.0, gt=0, description="an unanswered call ends (timeout)")
+    drain_deadline_s: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM, running calls are kept this long less a settling margin, "
+        "then ended (shutdown); the process exits within it",
+    )
     peer_lost_grace_s: float = Field(
         15.0, ge=0, description="a party gone this long ends its call (peer_lost)"
     )

@@ -8,12 +8,13 @@ import contextlib
 from aiohttp import WSMsgType, web
 
 from .errors import AuthError
-from .keys import CONNECTIONS, HUB, HUB_SETTINGS, VERIFIER
+from .keys import CONNECTIONS, HUB, HUB_SETTINGS, OPERATIONS, VERIFIER
 from .protocol import TRY_AGAIN_LATER, CloseCode
 from .session import Session
 from .settings import HubSettings
 
 CLOSE_TIMEOUT_S = 2.0
+DRAINING = b"server draining: reconnect to another node"
 UNTIMED_FRAME_BYTES = 16384  # below the transport's high-water mark: cannot block alone
 
 
@@ -61,11 +62,22 @@ async def _serve(
         await ws.close(code=CloseCode.POLICY, message=refused.encode())
         return ws
     hub = request.app[HUB]
+    if hub.draining:
+        await ws.close(code=CloseCode.SERVICE_RESTART, message=DRAINING)
+        return ws
+    bans = request.app[OPERATIONS].bans
     try:
+        if await bans.get(identity.user_id) is not None:
+            await ws.close(code=CloseCode.FORBIDDEN, message=b"banned")
+            return ws
         session = await hub.connect(identity, resume=_resume_of(request))
     except Exception:
         await ws.close(code=TRY_AGAIN_LATER, message=b"try again later")
         raise
+    with contextlib.suppress(Exception):  # (the check before joining passed)
+        if await bans.get(identity.user_id) is not None:
+            # Banned while this session joined: the ban's eviction may have come too early.
+            await hub.evict(identity.user_id, "banned")
     pump = asyncio.create_task(_pump(session, ws, request, settings.send_timeout_s))
 
     def abort() -> None:

@@ -1,1 +1,1 @@
-"""Admin stats, bans, metrics and health: the room issue 12 fills. Empty for now."""
+"""Operations: bans, the admin figures, per-node figures, Prometheus metrics (issue 12)."""

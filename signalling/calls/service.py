@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,7 @@ class Calls:
     ) -> None:
         self._port = port
         self.matched_ended: MatchedEnded | None = None  # the match wing re-queues its caller
+        self.ended: Counter[str] = Counter()  # calls ended here, by reason (the metrics)
         self._clock = clock
         self._hooks = hooks
         # With a media server the call's media goes through it (sfu); otherwise the hub
@@ -444,6 +446,7 @@ class Calls:
             minutes=figures.minutes,
             coins=figures.coins,
         )
+        self.ended[ended.reason] += 1
         for uid in call.parties():
             await self.parties.send(uid, ended)
         entry = self.parties.entry(call)

@@ -133,6 +133,9 @@ class MemoryChat:
     def _blocked(self, a: str, b: str) -> bool:
         return (a, b) in self._blocks or (b, a) in self._blocks
 
+    async def count_since(self, since: float) -> int:
+        return sum(1 for msg in self._messages.values() if msg.created_at >= since)
+
     async def close(self) -> None:
         pass
 

@@ -64,6 +64,7 @@ INDEXES: Final[dict[str, list[tuple[str, tuple[tuple[str, int], ...], bool]]]] =
             (("receiver", 1), ("status", 1), ("created_at", 1), ("_id", 1)),
             False,
         ),
+        ("messages_created", (("created_at", 1),), False),  # count_since (admin stats)
     ],
     "blocks": [
         ("blocks_blocker", (("blocker", 1),), False),
@@ -107,6 +108,10 @@ class MongoChat:
                 for name, keys, unique in specs:
                     await coll.create_index(list(keys), name=name, unique=unique)
             self._indexed = True
+
+    async def count_since(self, since: float) -> int:
+        async with _errors():
+            return await self._messages.count_documents({"created_at": {"$gte": since}})
 
     async def send(self, message: NewMessage) -> tuple[Message, bool]:
         sender, receiver, client_msg_id = message.sender, message.receiver, message.client_msg_id

@@ -81,4 +81,7 @@ class ChatStore(Protocol):
     async def blocked_with(self, user: str, limit: int) -> frozenset[str]:
         """Up to ``limit`` users the user blocked or was blocked by (kept apart by matching)."""
 
+    async def count_since(self, since: float) -> int:
+        """How many messages were stored at or after ``since`` (unix seconds; admin stats)."""
+
     async def close(self) -> None: ...

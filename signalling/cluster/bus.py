@@ -43,6 +43,13 @@ class CloseSession(NodeMessage, frozen=True, tag="close"):
     session_id: str
 
 
+class Evict(NodeMessage, frozen=True, tag="evict"):
+    """Close the user's session (live or parked) on the receiving node: they were banned."""
+
+    user_id: str
+    reason: str
+
+
 class EndCall(NodeMessage, frozen=True, tag="end_call"):
     """End a call that runs on the receiving node (billing found it out of money, ...)."""
 
@@ -107,6 +114,7 @@ class MatchMade(NodeMessage, frozen=True, tag="match_made"):
 AnyNodeMessage = (
     UserFrame
     | CloseSession
+    | Evict
     | EndCall
     | PresenceNote
     | CallForward

@@ -107,3 +107,12 @@ class MemoryResume:
             return None
         del self._parked[token]
         return Parked(user_id, entry.first_seq, entry.frames, entry.overflowed)
+
+
+def missed_frames(parked: Parked | None, last_seq: int) -> list[bytes] | None:
+    """The frames after ``last_seq``, if the parked session has every one of them."""
+    if parked is None or parked.overflowed:
+        return None
+    if not parked.first_seq - 1 <= last_seq <= parked.last_seq:
+        return None  # some were dropped from the bounded buffer, or the count is wrong
+    return parked.frames[last_seq - parked.first_seq + 1 :]

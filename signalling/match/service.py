@@ -122,6 +122,7 @@ class Matchmaking:
         self._offers: dict[str, Offer] = {}  # local hosts' last offer (the resync's copy)
         self._matched: dict[str, tuple[str, str]] = {}  # call id -> (caller, host)
         self.wait_times: deque[float] = deque(maxlen=1000)  # s from request to match.found
+        self.on_waited: Callable[[str, float], None] | None = None  # (mode, s): the metrics
 
     def install(self) -> None:
         port = self._port
@@ -296,7 +297,10 @@ class Matchmaking:
         await self.store.release([uid, host])  # both are in the call directory now
         self._matched[call_id] = (uid, host)
         if waiting is not None:
-            self.wait_times.append(self._clock.monotonic() - waiting.since)
+            waited = self._clock.monotonic() - waiting.since
+            self.wait_times.append(waited)
+            if self.on_waited is not None:
+                self.on_waited(pair.ticket.mode, waited)
         distance = None if pair.distance_km is None else max(1, round(pair.distance_km))
         peer = MatchPeer(id=host, name=pair.host.name, rate=pair.host.rate, distance_km=distance)
         session.send(MatchFound(ticket=pair.ticket.ticket_id, call_id=call_id, peer=peer))

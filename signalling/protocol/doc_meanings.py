@@ -109,9 +109,11 @@ CLOSE_MEANINGS: dict[int, tuple[str, str]] = {
         "A frame was larger than `hard_frame_bytes`; aiohttp closes without handling it.",
     ),
     CloseCode.SERVICE_RESTART: (
-        "server restarting, reconnect",
-        "The server is shutting down; calls have ended (`shutdown`). Reconnect after a short "
-        "random delay.",
+        "server restarting, reconnect; server draining: reconnect to another node",
+        "The server is shutting down or draining (SIGTERM, docs/operations.md): a session in "
+        "a call is kept until the call ends or the drain deadline, then its call ends "
+        "(`shutdown`). Reconnect after a short random delay; the load balancer sends you to "
+        "another node (a draining one refuses new sessions with this code).",
     ),
     TRY_AGAIN_LATER: (
         "try again later",
@@ -121,7 +123,11 @@ CLOSE_MEANINGS: dict[int, tuple[str, str]] = {
         "token_missing, token_invalid or token_expired",
         "The token was refused (§1). Get a new token; do not retry with the same one.",
     ),
-    CloseCode.FORBIDDEN: ("", "Reserved for refused access; not sent by this version."),
+    CloseCode.FORBIDDEN: (
+        "banned",
+        "An admin banned this user: the session is closed at once on every node (a call "
+        "ends with `admin`) and every new one is refused. Do not reconnect.",
+    ),
     CloseCode.POLICY: (
         "rate limit exceeded; too many connections from your address; connecting too often"
         " from your address; reconnecting too often",

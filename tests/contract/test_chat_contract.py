@@ -325,3 +325,17 @@ async def test_block_stops_messages_both_ways_and_unblock_restores(world: World)
     await chat.block("bob", "alice")
     await chat.unblock("bob", "alice")
     assert await chat.is_blocked("bob", "alice")
+
+
+async def test_count_since_counts_each_stored_message_once(world: World) -> None:
+    chat = await world.node()
+    start = world.clock()
+    for i in range(3):
+        await chat.send(NewMessage("alice", "bob", f"c{i}", "hi"))
+        world.clock.tick(10)
+    await chat.send(NewMessage("alice", "bob", "c0", "hi"))  # a retry stores nothing
+    assert await chat.count_since(start) == 3
+    assert await chat.count_since(start + 10) == 2  # at or after
+    assert await chat.count_since(world.clock()) == 0
+    other = await world.node()  # another process sees the same figures
+    assert await other.count_since(start) == 3

@@ -52,6 +52,8 @@ def serve(tmp_path: Path, *args: str, **extra: str) -> Iterator[Server]:
         "PATH": os.environ.get("PATH", ""),
         "JALWA_AUTH__DEV_KEY_FILE": str(tmp_path / "dev-key"),
         "JALWA_MEDIA__MODE": "p2p",  # these tests exercise the SDP/ICE relay
+        # SIGTERM drains: a test's leftover call must not hold the teardown for 30 s.
+        "JALWA_HUB__DRAIN_DEADLINE_S": "5",
         **extra,
     }
     log = (tmp_path / f"serve-{port}.log").open("wb")

@@ -3,20 +3,25 @@ Prometheus metrics, health and readiness (docs/api.md, docs/operations.md)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
 
+from billing.ledger import Balances, CallRecord
+
+from ..admin.bans import Ban
 from ..admin.metrics import CONTENT_TYPE
 from ..admin.ops import readiness
+from ..admin.stats import Stats
 from ..auth import Identity, Role
 from ..errors import AuthError
 from ..keys import CALLS, CLOCK, HUB, LEDGER, OPERATIONS, PRESENCE, VERIFIER
 from ..protocol import EndReason
+from .openapi import ADMIN, QUERY_TOKEN, Operation, Param, Reply, add_operations, error
 from .rest import _error, _json, _page_limit, authed
+from .shapes import Health
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 RECENT_CALLS = 10
@@ -24,6 +29,49 @@ RECENT_CALLS = 10
 
 class BanRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class ActiveCall(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+    payer: str
+    host: str
+    rate: int
+    minutes: int  # charged so far (minute 1 at the start, prepaid)
+    coins: int
+    started_at: float
+    duration_s: float
+    node: str | None  # the node that runs it (None: its directory entry lapsed)
+
+
+class ActiveCalls(msgspec.Struct, frozen=True):
+    calls: list[ActiveCall]
+
+
+class UserView(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    role: str | None  # from their live session (tokens carry roles; offline: unknown)
+    online: bool
+    status: str | None
+    node: str | None
+    rate: int | None  # a host's own rate, if one is set
+    balances: Balances
+    in_call: str | None
+    banned: Ban | None
+    calls: list[CallRecord]  # the latest, newest first
+
+
+class Banned(msgspec.Struct, frozen=True):
+    banned: Ban
+
+
+class Unbanned(msgspec.Struct, frozen=True):
+    unbanned: str
+
+
+class Ready(msgspec.Struct, frozen=True):
+    status: str  # ready, draining or unavailable
+    node: str
+    stores: dict[str, str]  # store -> "ok" or what went wrong
 
 
 @authed(Role.ADMIN)
@@ -37,22 +85,22 @@ async def admin_active_calls(request: web.Request, who: Identity) -> web.StreamR
     entries = await request.app[CALLS].directory.of_users([c.payer for c in calls])
     now = request.app[CLOCK].time()
     return _json(
-        {
-            "calls": [
-                {
-                    "call_id": c.call_id,
-                    "payer": c.payer,
-                    "host": c.host,
-                    "rate": c.rate,
-                    "minutes": c.minutes,
-                    "coins": c.coins,
-                    "started_at": c.started_at,
-                    "duration_s": max(0.0, round(now - c.started_at, 1)),
-                    "node": (e.owner if (e := entries.get(c.payer)) is not None else None),
-                }
+        ActiveCalls(
+            [
+                ActiveCall(
+                    call_id=c.call_id,
+                    payer=c.payer,
+                    host=c.host,
+                    rate=c.rate,
+                    minutes=c.minutes,
+                    coins=c.coins,
+                    started_at=c.started_at,
+                    duration_s=max(0.0, round(now - c.started_at, 1)),
+                    node=e.owner if (e := entries.get(c.payer)) is not None else None,
+                )
                 for c in calls
             ]
-        }
+        )
     )
 
 
@@ -70,18 +118,18 @@ async def admin_user(request: web.Request, who: Identity) -> web.StreamResponse:
     ban = await app[OPERATIONS].bans.get(uid)
     calls = await ledger.calls(uid, limit=RECENT_CALLS, before=None)
     return _json(
-        {
-            "user_id": uid,
-            "role": None if record is None else record.role,
-            "online": record is not None,
-            "status": None if record is None else record.status,
-            "node": None if record is None else record.node_id,
-            "rate": await ledger.host_rate(uid),
-            "balances": asdict(await ledger.balances(uid)),
-            "in_call": None if entry is None else entry.call_id,
-            "banned": None if ban is None else asdict(ban),
-            "calls": [asdict(c) for c in calls],
-        }
+        UserView(
+            user_id=uid,
+            role=None if record is None else record.role,
+            online=record is not None,
+            status=None if record is None else record.status,
+            node=None if record is None else record.node_id,
+            rate=await ledger.host_rate(uid),
+            balances=await ledger.balances(uid),
+            in_call=None if entry is None else entry.call_id,
+            banned=ban,
+            calls=calls,
+        )
     )
 
 
@@ -95,7 +143,7 @@ async def admin_ban(request: web.Request, who: Identity) -> web.StreamResponse:
     if entry is not None:
         await request.app[CALLS].end_call_anywhere(entry.call_id, EndReason.ADMIN)
     await request.app[HUB].evict(uid, "banned")
-    return _json({"banned": asdict(ban)})
+    return _json(Banned(ban))
 
 
 @authed(Role.ADMIN)
@@ -103,7 +151,7 @@ async def admin_unban(request: web.Request, who: Identity) -> web.StreamResponse
     uid = _user_id(request)
     if not await request.app[OPERATIONS].bans.unban(uid):
         return _error(404, "not_found", f"{uid} is not banned")
-    return _json({"unbanned": uid})
+    return _json(Unbanned(uid))
 
 
 async def admin_page(request: web.Request) -> web.StreamResponse:
@@ -132,7 +180,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.StreamResponse:
     """Alive: the process answers (no store is asked)."""
     hub = request.app[HUB]
-    return web.json_response({"status": "ok", "node": hub.node_id, "sessions": len(hub.sessions)})
+    return _json(Health(status="ok", node=hub.node_id, sessions=len(hub.sessions)))
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
@@ -141,12 +189,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     stores = await readiness(request.app[OPERATIONS].probes)
     draining = hub.draining
     ready = not draining and all(v == "ok" for v in stores.values())
-    body: dict[str, Any] = {
-        "status": "ready" if ready else ("draining" if draining else "unavailable"),
-        "node": hub.node_id,
-        "stores": stores,
-    }
-    return web.json_response(body, status=200 if ready else 503)
+    status = "ready" if ready else ("draining" if draining else "unavailable")
+    return _json(Ready(status, hub.node_id, stores), status=200 if ready else 503)
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -160,3 +204,52 @@ def add_admin_routes(app: web.Application) -> None:
     r.add_get("/metrics", metrics)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
+    add_operations(app, ADMIN_OPERATIONS)
+
+
+_USER = "/v1/admin/users/{user_id}"
+_LIMIT = Param("limit", "at most this many (1-200, default 50)", int)
+ADMIN_OPERATIONS = (
+    Operation(
+        "GET", "/v1/admin/stats", "Platform figures, from the stores", ADMIN,
+        (Reply(200, "Online users, pools, money and calls today and in the last hour, "
+               "and every node's own figures", Stats),),
+        tag="admin",
+    ),
+    Operation(
+        "GET", "/v1/admin/calls/active", "Calls being charged now", ADMIN,
+        (Reply(200, "Oldest first", ActiveCalls),), params=(_LIMIT,), tag="admin",
+    ),
+    Operation(
+        "GET", _USER, "One user: role, rate, balances, presence, call, ban, latest calls",
+        ADMIN, (Reply(200, "The user", UserView), error(400, "Not a user id")), tag="admin",
+    ),
+    Operation(
+        "PUT", _USER + "/ban", "Ban a user: out of their call and disconnected on every "
+        "node at once, refused from then on", ADMIN,
+        (Reply(200, "The ban (the first one, if they were banned already)", Banned),),
+        body=BanRequest, tag="admin",
+    ),
+    Operation(
+        "DELETE", _USER + "/ban", "Lift a ban", ADMIN,
+        (Reply(200, "Lifted", Unbanned), error(404, "Not banned: `not_found`")), tag="admin",
+    ),
+    Operation(
+        "GET", "/admin", "The admin page (live figures, calls, withdrawals)", ADMIN,
+        (Reply(200, "The page", str, "text/html"),), schemes=(QUERY_TOKEN,), tag="admin",
+    ),
+    Operation(
+        "GET", "/metrics", "Prometheus metrics", None,
+        (Reply(200, "The text exposition format", str, CONTENT_TYPE.split(";")[0]),),
+        tag="operations",
+    ),
+    Operation(
+        "GET", "/healthz", "Alive (asks no store)", None, (Reply(200, "Alive", Health),),
+        tag="operations",
+    ),
+    Operation(
+        "GET", "/readyz", "Ready for new sessions: every store answers, not draining", None,
+        (Reply(200, "Ready", Ready), Reply(503, "Draining, or a store is away", Ready)),
+        tag="operations",
+    ),
+)  # fmt: skip

@@ -10,50 +10,44 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from typing import Annotated, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from aiohttp import web
 
 from billing import receipts
 from billing.errors import BillingError
-from billing.ledger import Gift, Withdrawal, WithdrawalState
+from billing.ledger import Gift, WithdrawalState
 
 from ..auth import Identity, Role, TokenVerifier
 from ..chat.handlers import wire
 from ..errors import AuthError, JalwaError
-from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, SFU, VERIFIER
+from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, OPERATIONS, SFU, VERIFIER
 from ..protocol import EndReason
 from ..ws import bearer_token
+from . import openapi
+from .shapes import (
+    CallPage,
+    ConversationInfo,
+    ConversationPage,
+    CreditRequest,
+    EndedCall,
+    EntryPage,
+    GiftList,
+    GiftRequest,
+    HostRate,
+    MessagePage,
+    RateRequest,
+    RecordingInfo,
+    RecordingList,
+    WithdrawalInfo,
+    WithdrawalList,
+    WithdrawalRequest,
+)
 
 SIGNATURE_HEADER = "X-Jalwa-Signature"
 MAX_PAGE = 200  # the same cap as chat.history over the WebSocket (docs/api.md)
 log = logging.getLogger(__name__)
-
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
-Amount = Annotated[int, msgspec.Meta(gt=0)]
-
-
-class WithdrawalRequest(msgspec.Struct, forbid_unknown_fields=True):
-    amount: Amount
-    idempotency_key: Key
-
-
-class CreditRequest(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: Key
-    amount: Amount
-    idempotency_key: Key
-
-
-class RateRequest(msgspec.Struct, forbid_unknown_fields=True):
-    rate: Annotated[int, msgspec.Meta(ge=0)]
-
-
-class GiftRequest(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    price: Amount
-    active: bool = True
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -117,6 +111,8 @@ def authed(
             if roles and who.role not in roles:
                 return _error(403, "forbidden", "your role may not do this")
             try:
+                if await request.app[OPERATIONS].bans.get(who.user_id) is not None:
+                    return _error(403, "banned", "this account is banned")
                 return await handler(request, who)
             except BillingError as exc:
                 return _error(exc.status, exc.code, exc.message)
@@ -198,7 +194,7 @@ async def get_entries(request: web.Request, who: Identity) -> web.StreamResponse
     before = _int_query(request, "before", None, 2**62)
     entries = await request.app[LEDGER].entries(who.user_id, limit=limit, before=before)
     nxt = entries[-1].id if len(entries) == limit else None
-    return _json({"entries": [asdict(e) for e in entries], "next_before": nxt})
+    return _json(EntryPage(entries, nxt))
 
 
 @authed()
@@ -207,13 +203,13 @@ async def get_calls(request: web.Request, who: Identity) -> web.StreamResponse:
     before = _time_query(request, "before")
     calls = await request.app[LEDGER].calls(who.user_id, limit=limit, before=before)
     nxt = calls[-1].started_at if len(calls) == limit else None
-    return _json({"calls": [asdict(c) for c in calls], "next_before": nxt})
+    return _json(CallPage(calls, nxt))
 
 
 @authed()
 async def get_gifts(request: web.Request, who: Identity) -> web.StreamResponse:
     gifts = await request.app[LEDGER].gifts(active_only=True)
-    return _json({"gifts": [asdict(g) for g in gifts]})
+    return _json(GiftList(gifts))
 
 
 @authed()
@@ -240,19 +236,13 @@ async def post_withdrawal(request: web.Request, who: Identity) -> web.StreamResp
     req = await _body(request, WithdrawalRequest)
     w = await request.app[LEDGER].request_withdrawal(req.idempotency_key, who.user_id, req.amount)
     # 201 when this request created it; a replay of the key returns it as it is now, 200.
-    return _json(_withdrawal(w), status=200 if w.replayed else 201)
-
-
-def _withdrawal(w: Withdrawal) -> dict[str, Any]:
-    shown = asdict(w)
-    del shown["replayed"]  # a property of one request, not of the withdrawal
-    return shown
+    return _json(WithdrawalInfo.of(w), status=200 if w.replayed else 201)
 
 
 @authed(Role.HOST)
 async def get_withdrawals(request: web.Request, who: Identity) -> web.StreamResponse:
     items = await request.app[LEDGER].withdrawals(host=who.user_id, state=None, limit=MAX_PAGE)
-    return _json({"withdrawals": [_withdrawal(w) for w in items]})
+    return _json(WithdrawalList([WithdrawalInfo.of(w) for w in items]))
 
 
 # --- chat -------------------------------------------------------------------------------
@@ -263,15 +253,15 @@ async def get_conversations(request: web.Request, who: Identity) -> web.StreamRe
     limit = _page_limit(request)
     page = await request.app[CHAT].conversations(who.user_id, request.query.get("before"), limit)
     items = [
-        {
-            "id": c.id,
-            "participants": list(c.participants),
-            "last_message": wire(c.last_message) if c.last_message is not None else None,
-            "unread": c.unread.get(who.user_id, 0),
-        }
+        ConversationInfo(
+            id=c.id,
+            participants=list(c.participants),
+            last_message=wire(c.last_message) if c.last_message is not None else None,
+            unread=c.unread.get(who.user_id, 0),
+        )
         for c in page.items
     ]
-    return _json({"conversations": items, "next_before": page.next_before})
+    return _json(ConversationPage(items, page.next_before))
 
 
 @authed()
@@ -279,7 +269,7 @@ async def get_messages(request: web.Request, who: Identity) -> web.StreamRespons
     limit = _page_limit(request)
     conv = request.match_info["conversation_id"]
     page = await request.app[CHAT].history(who.user_id, conv, request.query.get("before"), limit)
-    return _json({"messages": [wire(m) for m in page.items], "next_before": page.next_before})
+    return _json(MessagePage([wire(m) for m in page.items], page.next_before))
 
 
 # --- admin endpoints --------------------------------------------------------------------
@@ -298,7 +288,7 @@ async def admin_credit(request: web.Request, who: Identity) -> web.StreamRespons
 async def admin_rate(request: web.Request, who: Identity) -> web.StreamResponse:
     req = await _body(request, RateRequest)
     await request.app[LEDGER].set_host_rate(request.match_info["host"], req.rate)
-    return _json({"host": request.match_info["host"], "rate": req.rate})
+    return _json(HostRate(request.match_info["host"], req.rate))
 
 
 @authed(Role.ADMIN)
@@ -306,7 +296,7 @@ async def admin_gift(request: web.Request, who: Identity) -> web.StreamResponse:
     req = await _body(request, GiftRequest)
     gift = Gift(request.match_info["gift_id"], req.name, req.price, req.active)
     await request.app[LEDGER].put_gift(gift)
-    return _json(asdict(gift))
+    return _json(gift)
 
 
 @authed(Role.ADMIN)
@@ -317,7 +307,7 @@ async def admin_withdrawals(request: web.Request, who: Identity) -> web.StreamRe
     items = await request.app[LEDGER].withdrawals(
         host=request.query.get("host"), state=cast(WithdrawalState | None, state), limit=MAX_PAGE
     )
-    return _json({"withdrawals": [_withdrawal(w) for w in items]})
+    return _json(WithdrawalList([WithdrawalInfo.of(w) for w in items]))
 
 
 def _decide(approve: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -330,7 +320,7 @@ def _decide(approve: bool) -> Callable[[web.Request], Awaitable[web.StreamRespon
         w = await request.app[LEDGER].decide_withdrawal(
             withdrawal_id, approve=approve, admin=who.user_id
         )
-        return _json(_withdrawal(w))
+        return _json(WithdrawalInfo.of(w))
 
     return decide
 
@@ -341,7 +331,7 @@ async def admin_end_call(request: web.Request, who: Identity) -> web.StreamRespo
         request.match_info["call_id"], EndReason.ADMIN
     ):
         return _error(404, "not_found", "no such call running")
-    return _json({"ended": request.match_info["call_id"]})
+    return _json(EndedCall(request.match_info["call_id"]))
 
 
 # --- recordings ---------------------------------------------------------------------------
@@ -352,19 +342,19 @@ async def admin_recordings(request: web.Request, who: Identity) -> web.StreamRes
     sfu = request.app.get(SFU)
     items = await sfu.recordings() if sfu is not None else []
     return _json(
-        {
-            "recordings": [
-                {
-                    "call_id": r.call_id,
-                    "party": r.party,
-                    "file": r.path.name,
-                    "size_bytes": r.size_bytes,
-                    "duration_s": r.duration_s,
-                    "complete": r.complete,
-                }
+        RecordingList(
+            [
+                RecordingInfo(
+                    call_id=r.call_id,
+                    party=r.party,
+                    file=r.path.name,
+                    size_bytes=r.size_bytes,
+                    duration_s=r.duration_s,
+                    complete=r.complete,
+                )
                 for r in items
             ]
-        }
+        )
     )
 
 
@@ -401,3 +391,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/calls/{call_id}/end", admin_end_call)
     r.add_get("/v1/admin/recordings", admin_recordings)
     r.add_get("/v1/admin/recordings/{call_id}/{party}", admin_recording_file)
+    openapi.install(app)  # GET /v1/openapi.json, and the operations above for it

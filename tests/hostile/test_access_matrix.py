@@ -123,6 +123,15 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/admin/calls/{call_id}/end"): "admin",
     ("GET", "/v1/admin/recordings"): "admin",
     ("GET", "/v1/admin/recordings/{call_id}/{party}"): "admin",
+    ("GET", "/v1/admin/stats"): "admin",
+    ("GET", "/v1/admin/calls/active"): "admin",
+    ("GET", "/v1/admin/users/{user_id}"): "admin",
+    ("PUT", "/v1/admin/users/{user_id}/ban"): "admin",
+    ("DELETE", "/v1/admin/users/{user_id}/ban"): "admin",
+    ("GET", "/admin"): "admin page",  # the token in ?token= (a browser opens it)
+    ("GET", "/v1/openapi.json"): None,
+    ("GET", "/metrics"): None,
+    ("GET", "/readyz"): None,
 }
 ROLES = ("caller", "host", "admin")
 
@@ -168,6 +177,7 @@ def _concrete(path: str) -> str:
         .replace("{wid}", "1")
         .replace("{call_id}", "c_x")
         .replace("{party}", "alice")
+        .replace("{user_id}", "alice")
     )
 
 
@@ -180,7 +190,7 @@ async def test_rest_refuses_every_bad_credential_and_wrong_role(
 ) -> None:
     for method, path in _routes(client):
         who = ROUTES[(method, path)]
-        if who is None or who == "websocket":
+        if who is None or who in ("websocket", "admin page"):
             continue
         url = _concrete(path)
         for row, token in keys.bad():
@@ -298,6 +308,70 @@ async def test_websocket_refuses_what_is_not_yours(
     # The call is untouched by all of it.
     await alice.send_json({"type": "call.end", "id": "e", "call_id": cid})
     assert (await recv(bob, "call.ended"))["reason"] == "hangup"
+
+
+async def test_the_admin_page_refuses_every_bad_credential_and_wrong_role(
+    client: TestClient[Any, Any], keys: Keys
+) -> None:
+    for row, token in keys.bad():
+        resp = await client.get("/admin", params={"token": token})
+        assert resp.status == 401, (row, resp.status)
+        REFUSALS[f"admin page {row}"] += 1
+    for role in ("caller", "host"):
+        resp = await client.get("/admin", params={"token": keys.good("u1", role)})
+        assert resp.status == 403, (role, resp.status)
+        REFUSALS["admin page wrong role"] += 1
+    assert (await client.get("/admin", params={"token": keys.good("root", "admin")})).status == 200
+
+
+async def test_a_banned_user_is_refused_on_every_surface(
+    client: TestClient[Any, Any], keys: Keys
+) -> None:
+    admin = {"Authorization": f"Bearer {keys.good('root', 'admin')}"}
+    # mallory has a session; dropped (not closed: 4000), it is parked with a resume token.
+    ws = await client.ws_connect(f"/v1/ws?token={keys.good('mallory')}")
+    resume = (await recv(ws, "welcome"))["resume_token"]
+    await ws.close(code=4000)
+    resp = await client.put("/v1/admin/users/mallory/ban", json={"reason": "x"}, headers=admin)
+    assert resp.status == 200
+    for query in ("", f"&resume={resume}&last_seq=1"):
+        ws = await client.ws_connect(f"/v1/ws?token={keys.good('mallory')}{query}")
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4003, "banned"), msg
+        REFUSALS["WS banned" + (" (resume)" if query else "")] += 1
+    for role, path in (("caller", "/v1/wallet"), ("host", "/v1/withdrawals")):
+        resp = await client.get(
+            path, headers={"Authorization": f"Bearer {keys.good('mallory', role)}"}
+        )
+        assert resp.status == 403 and (await resp.json())["error"] == "banned", path
+        REFUSALS["REST banned"] += 1
+    # Lifted: in again.
+    assert (await client.delete("/v1/admin/users/mallory/ban", headers=admin)).status == 200
+    ws = await client.ws_connect(f"/v1/ws?token={keys.good('mallory')}")
+    await recv(ws, "welcome")
+    await ws.close()
+
+
+async def test_someone_elses_resume_token_resumes_nothing(
+    client: TestClient[Any, Any], keys: Keys
+) -> None:
+    alice = await client.ws_connect(f"/v1/ws?token={keys.good('alice')}")
+    resume = (await recv(alice, "welcome"))["resume_token"]
+    await alice.send_json({"type": "presence.update", "id": "u", "status": "away"})
+    await recv(alice, "ack")
+    await alice.close(code=4000)  # dropped: parked for alice's resume
+    mallory = await client.ws_connect(
+        f"/v1/ws?token={keys.good('mallory')}&resume={resume}&last_seq=1"
+    )
+    welcome = await recv(mallory, "welcome")
+    assert not welcome.get("resumed")
+    assert (await recv(mallory, "error"))["code"] == "resync_required"
+    REFUSALS["WS someone else's resume token"] += 1
+    # alice's own resume still works: mallory took nothing.
+    back = await client.ws_connect(f"/v1/ws?token={keys.good('alice')}&resume={resume}&last_seq=1")
+    assert (await recv(back, "welcome")).get("resumed")
+    for ws in (mallory, back):
+        await ws.close()
 
 
 def test_zz_report_the_refusals() -> None:

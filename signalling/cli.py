@@ -22,6 +22,7 @@ from turn.credentials import TurnError
 from .auth import Identity, Role, load_keys, mint_token
 from .clock import SystemClock
 from .errors import ConfigError
+from .logs import Redactor
 from .settings import ENV_PREFIX, NESTED_DELIMITER, Settings
 
 
@@ -208,6 +209,8 @@ async def _run_server(
         shutdown_timeout=min(settings.shutdown_timeout_s, settle_margin(deadline) or 1.0),
         access_log=None,
     )
+    # Bound before any task starts: every task (and so every log line) inherits it.
+    structlog.contextvars.bind_contextvars(node=settings.node_id)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
@@ -249,9 +252,12 @@ def _loopback(host: str) -> bool:
 
 
 def _configure_logging(settings: Settings) -> None:
+    """JSON lines in production (or with ``log_json``), readable lines in a terminal. Every
+    line carries what is bound for it (``node``; ``user_id`` and ``call_id`` on the paths
+    that have them, see logs.py) and goes through ``redact``."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if settings.log_json
+        if settings.log_json or settings.env == "production"
         # Plain tracebacks: rich ones cost ~1 s of CPU each, and a burst of errors must not
         # become a burst of rendering.
         else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
@@ -261,9 +267,13 @@ def _configure_logging(settings: Settings) -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                Redactor(_secrets(settings)),
                 renderer,
             ],
             foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.ExtraAdder(),
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.TimeStamper(fmt="iso"),
@@ -273,6 +283,11 @@ def _configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found = [settings.auth.secret, settings.turn.secret, settings.billing.recharge_secret]
+    return [s.get_secret_value() for s in found if s is not None]
 
 
 def genconfig() -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
+import structlog
 from aiohttp import WSMsgType, web
 
 from .errors import AuthError
@@ -13,6 +15,7 @@ from .protocol import TRY_AGAIN_LATER, CloseCode
 from .session import Session
 from .settings import HubSettings
 
+log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 2.0
 DRAINING = b"server draining: reconnect to another node"
 UNTIMED_FRAME_BYTES = 16384  # below the transport's high-water mark: cannot block alone
@@ -57,6 +60,8 @@ async def _serve(
     except AuthError as exc:
         await ws.close(code=CloseCode.BAD_TOKEN, message=exc.code.encode())
         return ws
+    # This connection's task (and its log lines) carries the user from here on.
+    structlog.contextvars.bind_contextvars(user_id=identity.user_id)
     refused = request.app[CONNECTIONS].session(identity.user_id)
     if refused is not None:
         await ws.close(code=CloseCode.POLICY, message=refused.encode())
@@ -78,6 +83,7 @@ async def _serve(
         if await bans.get(identity.user_id) is not None:
             # Banned while this session joined: the ban's eviction may have come too early.
             await hub.evict(identity.user_id, "banned")
+    log.debug("session opened", extra={"session_id": session.session_id})
     pump = asyncio.create_task(_pump(session, ws, request, settings.send_timeout_s))
 
     def abort() -> None:
@@ -101,6 +107,7 @@ async def _serve(
             # Even if the store failed during disconnect: stop the writer, free the socket.
             session.close(CloseCode.NORMAL, "")
             await _stop(pump, request)
+            log.debug("session closed", extra={"code": ws.close_code})
     return ws
 
 

@@ -402,6 +402,9 @@ class Calls:
             return
         if call.state is not CallState.ACTIVE:
             return  # ended while the hook ran; call.ended has been sent
+        caller, callee = call.parties()
+        bound = {"call_id": call.call_id, "caller": caller, "callee": callee, "rate": terms.rate}
+        self._log.info("call started", extra=bound)
         entry = self.parties.entry(call)
         try:
             await self.directory.update(entry)
@@ -447,6 +450,8 @@ class Calls:
             coins=figures.coins,
         )
         self.ended[ended.reason] += 1
+        figures_of = {"minutes": ended.minutes, "coins": ended.coins, "reason": ended.reason}
+        self._log.info("call ended", extra={"call_id": call.call_id, **figures_of})
         for uid in call.parties():
             await self.parties.send(uid, ended)
         entry = self.parties.entry(call)

@@ -158,3 +158,16 @@ async def test_health_and_readiness(client: Client) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 503 and (await ready.json())["status"] == "draining"
     assert (await client.get("/healthz")).status == 200  # alive, only not taking new users
+
+
+async def test_the_metrics_are_the_ones_the_dashboard_charts(client: Client) -> None:
+    from tests.unit.test_deploy_files import METRICS
+
+    text = await (await client.get("/metrics")).text()
+    exported: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.endswith("_created"):
+            continue  # prometheus-client's creation timestamps of histograms
+        name = family.name + ("_total" if family.type == "counter" else "")
+        exported[name] = family.type
+    assert exported == {name: kind for name, (kind, _) in METRICS.items()}

@@ -18,6 +18,39 @@ from .ratelimit import TokenBucket
 
 
 class Session:
+    # Slots, and the queue and the writer's waiter made only when first needed: an idle
+    # session is one of thousands per node (docs/benchmarks.md, idle memory).
+    __slots__ = (
+        "__weakref__",  # (chat keeps typing throttles per session in a WeakKeyDictionary)
+        "_counting",
+        "_max",
+        "_max_bytes",
+        "_queue",
+        "_queued_bytes",
+        "_ready",
+        "_recent",
+        "_recent_bytes",
+        "_recent_max",
+        "_recent_max_bytes",
+        "_sink",
+        "_waiter",
+        "aborted",
+        "close_code",
+        "close_reason",
+        "identity",
+        "location",
+        "on_abort",
+        "rate",
+        "rate_strikes",
+        "resume_token",
+        "resumed",
+        "seq",
+        "session_id",
+        "status",
+        "transport",
+        "watching",
+    )
+
     def __init__(
         self,
         identity: Identity,
@@ -46,16 +79,17 @@ class Session:
         self.identity = identity
         self.status: Status = "available"  # what the user chose; busy while in a call
         self.location: tuple[float, float] | None = None
-        self.watching: set[str] = set()
+        self.watching: frozenset[str] = frozenset()  # (the shared empty one while idle)
         self.rate = TokenBucket(rate_per_s, rate_burst, clock)
         self.rate_strikes = 0
         self.close_code: CloseCode | None = None
         self.close_reason = ""
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] | None = None
         self._queued_bytes = 0
         self._max = send_queue_max
         self._max_bytes = send_queue_max_bytes
-        self._wakeup = asyncio.Event()
+        self._ready = False  # a frame or a close for the writer (what wait() waits for)
+        self._waiter: asyncio.Future[None] | None = None
         # True once the session was dropped for not reading: the I/O side then drops the
         # connection without a closing handshake the client would never read.
         self.aborted = False
@@ -92,14 +126,17 @@ class Session:
             return
         # Bounded in frames and in bytes; one frame of any size fits an empty queue, so a
         # large reply still reaches a client that keeps up (§6).
-        if self._queue and (
-            len(self._queue) >= self._max or self._queued_bytes + len(frame) > self._max_bytes
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        elif queue and (
+            len(queue) >= self._max or self._queued_bytes + len(frame) > self._max_bytes
         ):
             self.abort("slow consumer")
             return
-        self._queue.append(frame)
+        queue.append(frame)
         self._queued_bytes += len(frame)
-        self._wakeup.set()
+        self._wake()
         if self._counting:
             self.seq += 1
             if self._recent_max:
@@ -125,7 +162,7 @@ class Session:
         kept = list(self._recent or ())
         self._recent = None
         self._recent_bytes = 0
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
         self._sink = sink
         return self.seq - len(kept) + 1, kept
@@ -137,7 +174,7 @@ class Session:
     def abort(self, reason: str) -> None:
         """Drop a consumer that is not reading: what is queued is freed, the connection is
         cut (4008 in the log; the client, not reading, sees the connection drop)."""
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
         self.aborted = True
         self.close(CloseCode.POLICY, reason)
@@ -149,20 +186,27 @@ class Session:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._ready = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def take(self) -> list[bytes]:
-        frames = list(self._queue)
-        self._queue.clear()
+        frames = list(self._queue or ())
+        self._queue = None
         self._queued_bytes = 0
-        self._wakeup.clear()
+        self._ready = False
         return frames
 
     def pop(self) -> bytes | None:
         """The next frame to write, or None (and wait() blocks again) when all are sent.
         A frame leaves the byte count when the writer takes it: at most one is in flight."""
         if not self._queue:
-            self._wakeup.clear()
+            self._queue = None  # drained: an idle session holds no deque
+            self._ready = False
             return None
         frame = self._queue.popleft()
         self._queued_bytes -= len(frame)
@@ -173,4 +217,11 @@ class Session:
         return self._queued_bytes
 
     async def wait(self) -> None:
-        await self._wakeup.wait()
+        """Until there is a frame to write or a close to send."""
+        if self._ready:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None

@@ -170,7 +170,7 @@ class Presence:
     async def _unwatch(self, session: Session, msg: PresenceUnwatch) -> Outcome:
         for uid in msg.user_ids:
             if uid in session.watching:
-                session.watching.discard(uid)
+                session.watching -= {uid}
                 self._drop_watcher(uid, session)
         return DONE
 
@@ -221,7 +221,7 @@ class Presence:
     def _unwatch_all(self, session: Session) -> None:
         for uid in session.watching:
             self._drop_watcher(uid, session)
-        session.watching.clear()
+        session.watching = frozenset()
 
     def _drop_watcher(self, user_id: str, session: Session) -> None:
         watchers = self._watchers.get(user_id)

@@ -170,7 +170,7 @@ async def test_example_is_what_the_hub_sends(monkeypatch: pytest.MonkeyPatch) ->
         def record(frame: bytes, who: str = user.user_id) -> None:
             sent.append((who, msgspec.json.decode(frame)))
 
-        monkeypatch.setattr(session, "send_frame", record)
+        session.detach(record)  # every later frame goes to the recorder, in order
         sessions[user.user_id] = session
 
     expected: list[tuple[str, Any]] = []

@@ -80,7 +80,7 @@ class Hub:
                 window_s=settings.resume_window_s,
                 on_end=lambda session: self._leave(session, Departure.GONE),
             )
-        self._handlers: dict[type[ClientMessage], Handler] = {}
+        self._handlers: dict[type[ClientMessage], tuple[Handler, str, bool]] = {}
         self._welcome_parts: list[WelcomePart] = []
         self._on_join: list[SessionCallback] = []
         self._on_connect: list[SessionCallback] = []
@@ -105,7 +105,8 @@ class Hub:
     def register(self, kind: type[ClientMessage], handler: Handler) -> None:
         if kind in self._handlers:
             raise ValueError(f"{kind.__name__} already has a handler")
-        self._handlers[kind] = handler
+        tag = str(kind.__struct_config__.tag)  # the metrics' label; rtc.* frames are timed
+        self._handlers[kind] = (handler, tag, tag.startswith("rtc."))
 
     def on_welcome(self, part: WelcomePart) -> None:
         self._welcome_parts.append(part)
@@ -324,14 +325,14 @@ class Hub:
         except DecodeFailure as exc:
             self._error(session, exc.code, exc.message, exc.request_id)
             return
-        kind = str(type(message).__struct_config__.tag)
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            self._error(
-                session, ErrorCode.UNKNOWN_TYPE, f"{kind} is not enabled here", message.id, kind
-            )
+        route = self._handlers.get(type(message))
+        if route is None:
+            kind = str(type(message).__struct_config__.tag)
+            text = f"{kind} is not enabled here"
+            self._error(session, ErrorCode.UNKNOWN_TYPE, text, message.id, kind)
             return
-        started = time.perf_counter()
+        handler, kind, timed = route
+        started = time.perf_counter() if timed else 0.0
         try:
             reply, effects = await handler(session, message)
         except JalwaError as exc:
@@ -354,7 +355,7 @@ class Hub:
                 # wings' effect runners keep their state consistent on hook failures.
                 self._log.exception("effects of %s failed", type(message).__name__)
         self.frames[kind, "ok"] += 1
-        if self.on_relayed is not None and kind.startswith("rtc."):
+        if timed and self.on_relayed is not None:
             self.on_relayed(time.perf_counter() - started)
 
     def _error(

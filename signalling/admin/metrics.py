@@ -7,15 +7,22 @@ where they happen (relay, billing round, store calls)."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,12 +50,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.relay_latency = Histogram(
-            "jalwa_relay_latency_seconds",
-            "Time an rtc.* frame takes on this node (handler and effects)",
-            buckets=FAST,
-            registry=r,
-        )
+        # Observed once per relayed frame: a plain histogram (prometheus-client's takes a
+        # lock per bucket, a measurable share of the relay's time at 50k frames/s).
+        self.relay_latency = PlainHistogram(FAST)
         self.billing_lag = Histogram(
             "jalwa_billing_lag_seconds",
             "Time one billing round takes (claim, charge, report)",
@@ -80,7 +84,7 @@ class Metrics:
         )
 
     def read(self, readings: Readings) -> None:
-        self.registry.register(_Live(readings))
+        self.registry.register(_Live(readings, self.relay_latency))
 
     def billing_round(self, batch: int, seconds: float) -> None:
         self.billing_batch.observe(batch)
@@ -94,12 +98,37 @@ class Metrics:
         return cast(T, _Timed(target, store, self))
 
 
+class PlainHistogram:
+    """Bucket counts in a list, for a hot path (one event loop thread: no lock needed)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        cumulative, total = [], 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += count
+            cumulative.append(("+Inf" if math.isinf(bound) else repr(bound), total))
+        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.sum)
+
+
 class _Live(Collector):
-    def __init__(self, readings: Readings) -> None:
+    def __init__(self, readings: Readings, relay: PlainHistogram) -> None:
         self._r = readings
+        self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
         r = self._r
+        yield self._relay.family(
+            "jalwa_relay_latency_seconds",
+            "Time an rtc.* frame takes on this node (handler and effects)",
+        )
         yield GaugeMetricFamily("jalwa_sessions", "Live WebSocket sessions", value=r.sessions())
         frames = CounterMetricFamily(
             "jalwa_frames", "Client frames by type and result", labels=["type", "result"]

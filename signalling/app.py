@@ -117,6 +117,7 @@ def create_app(
     app.router.add_get("/v1/ws", websocket)
     add_routes(app)
     add_admin_routes(app)
+    app.router.add_get("/jalwa.js", _client_module)
     if settings.env == "development":
         app.router.add_get("/v1/dev/token", _dev_token)
         if settings.hub.demo_page:
@@ -422,6 +423,12 @@ async def _dev_token(request: web.Request) -> web.Response:
         key = f"dev:{user}:{secrets.token_hex(8)}"
         await request.app[LEDGER].credit(key, user, int(credit), admin="dev")
     return web.json_response({"token": token})
+
+
+async def _client_module(request: web.Request) -> web.Response:
+    """jalwa.js, the browser client (docs/client.md), for apps to import or copy."""
+    code = resources.files("signalling").joinpath("static/jalwa.js").read_text("utf-8")
+    return web.Response(text=code, content_type="text/javascript")
 
 
 async def _demo_page(request: web.Request) -> web.Response:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,31 @@ from signalling.settings import Settings
 
 MakeSettings = Callable[..., Settings]
 MakeToken = Callable[..., str]
+
+# No test may hang the suite: past this a test fails, with the stack of every asyncio task
+# (what it was waiting for), and its teardown gets TEARDOWN_LIMIT_S more.
+TEST_LIMIT_S = int(os.environ.get("JALWA_TEST_LIMIT_S", "300"))
+TEARDOWN_LIMIT_S = 60
+
+
+def _over_time(signum: int, frame: object) -> None:
+    signal.alarm(TEARDOWN_LIMIT_S)
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+    pytest.fail(f"ran over {TEST_LIMIT_S} s (asyncio task stacks on stderr)", pytrace=True)
+
+
+@pytest.fixture(autouse=True)
+def _hard_time_limit() -> Iterator[None]:
+    previous = signal.signal(signal.SIGALRM, _over_time)
+    signal.alarm(TEST_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

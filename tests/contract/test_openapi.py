@@ -45,6 +45,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("GET", "/v1/ws"): "the WebSocket upgrade: docs/protocol.md and protocol.schema.json",
     ("GET", "/v1/dev/token"): "development only, loopback only: not part of the API",
     ("GET", "/"): "the demo page (development only): HTML for people, not an API",
+    ("GET", "/jalwa.js"): "the browser client module (docs/client.md): code, not an API",
 }
 
 

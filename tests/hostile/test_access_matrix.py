@@ -132,6 +132,7 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/openapi.json"): None,
     ("GET", "/metrics"): None,
     ("GET", "/readyz"): None,
+    ("GET", "/jalwa.js"): None,
 }
 ROLES = ("caller", "host", "admin")
 

@@ -269,8 +269,8 @@ class Hub:
 
     async def evict(self, user_id: str, reason: str) -> None:
         """Close the user's session wherever it is (4003 ``reason``, not resumable): a ban."""
-        await self._evict_here(Evict(user_id=user_id, reason=reason))
-        await self._router.broadcast(Evict(user_id=user_id, reason=reason))
+        await self._evict_here(evict := Evict(user_id=user_id, reason=reason))
+        await self._router.broadcast(evict)
 
     async def _evict_here(self, message: Evict) -> None:
         parked, uid = self.parked(message.user_id), message.user_id

@@ -16,14 +16,12 @@ from ..admin.metrics import CONTENT_TYPE
 from ..admin.ops import readiness
 from ..admin.stats import Stats
 from ..auth import Identity, Role
-from ..errors import AuthError
-from ..keys import CALLS, CLOCK, HUB, LEDGER, OPERATIONS, PRESENCE, VERIFIER
-from ..protocol import EndReason
+from ..keys import CALLS, CLOCK, HUB, LEDGER, OPERATIONS, PRESENCE
+from ..protocol import EndReason, UserId
 from .openapi import ADMIN, QUERY_TOKEN, Operation, Param, Reply, add_operations, error
 from .rest import _error, _json, _page_limit, authed
 from .shapes import Health
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 RECENT_CALLS = 10
 
 
@@ -154,15 +152,11 @@ async def admin_unban(request: web.Request, who: Identity) -> web.StreamResponse
     return _json(Unbanned(uid))
 
 
-async def admin_page(request: web.Request) -> web.StreamResponse:
+@authed(Role.ADMIN)
+async def admin_page(request: web.Request, who: Identity) -> web.StreamResponse:
     """The page, for an admin token in ``?token=`` (a browser cannot send a header when it
-    opens a page); its script calls the API with the same token."""
-    try:
-        who = request.app[VERIFIER].verify(request.query.get("token", ""))
-    except AuthError as exc:
-        return _error(401, exc.code, exc.message)
-    if who.role != Role.ADMIN:
-        return _error(403, "forbidden", "the admin page is for admins")
+    opens a page; ``bearer_token`` reads the query first); its script calls the API with
+    the same token."""
     page = resources.files("signalling").joinpath("static/admin.html").read_text("utf-8")
     return web.Response(
         text=page,

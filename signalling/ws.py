@@ -9,6 +9,7 @@ import logging
 import structlog
 from aiohttp import WSMsgType, web
 
+from .drain import HINT as DRAIN_HINT
 from .errors import AuthError
 from .keys import CONNECTIONS, HUB, HUB_SETTINGS, OPERATIONS, VERIFIER
 from .protocol import TRY_AGAIN_LATER, CloseCode
@@ -17,7 +18,6 @@ from .settings import HubSettings
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 2.0
-DRAINING = b"server draining: reconnect to another node"
 UNTIMED_FRAME_BYTES = 16384  # below the transport's high-water mark: cannot block alone
 
 
@@ -68,7 +68,7 @@ async def _serve(
         return ws
     hub = request.app[HUB]
     if hub.draining:
-        await ws.close(code=CloseCode.SERVICE_RESTART, message=DRAINING)
+        await ws.close(code=CloseCode.SERVICE_RESTART, message=DRAIN_HINT.encode())
         return ws
     bans = request.app[OPERATIONS].bans
     try:

@@ -70,6 +70,7 @@ from .shapes import (
     ErrorBody,
     GiftList,
     GiftRequest,
+    HostList,
     HostRate,
     MessagePage,
     RateRequest,
@@ -358,6 +359,12 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
                             UnixTime), LIMIT), tag="calls"),
     Operation("GET", "/v1/gifts", "The gift catalog on sale", ANY,
               (Reply(200, "Active gifts", GiftList),), tag="gifts"),
+    Operation("GET", "/v1/hosts", "Hosts one can call now", ANY,
+              (Reply(200, "Hosts online with status available, by name then id, with their "
+                     "rate in coins per minute", HostList),),
+              params=(LIMIT,), tag="hosts",
+              description="A host in a call is busy and not listed; the caller is never "
+              "listed. The same answer from every node."),
     Operation("GET", "/v1/conversations", "The caller's conversations", ANY,
               (Reply(200, "Newest activity first, with the caller's unread count",
                      ConversationPage),),

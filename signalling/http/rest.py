@@ -1,4 +1,5 @@
-"""REST: wallet, history, gifts, withdrawals, and the admin endpoints (JWT bearer auth).
+"""REST: wallet, history, gifts, hosts to call, withdrawals, and the admin endpoints (JWT
+bearer auth).
 
 Errors are JSON ``{"error": code, "message": ...}`` with the status the billing error
 carries, including aiohttp's own (unknown route, wrong method, body too large) via
@@ -7,6 +8,7 @@ carries, including aiohttp's own (unknown route, wrong method, body too large) v
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -22,11 +24,12 @@ from billing.ledger import Gift, WithdrawalState
 from ..auth import Identity, Role, TokenVerifier
 from ..chat.handlers import wire
 from ..errors import AuthError, JalwaError
-from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, OPERATIONS, SFU, VERIFIER
+from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, OPERATIONS, PRESENCE, SFU, VERIFIER
 from ..protocol import EndReason
 from ..ws import bearer_token
 from . import openapi
 from .shapes import (
+    AvailableHost,
     CallPage,
     ConversationInfo,
     ConversationPage,
@@ -35,6 +38,7 @@ from .shapes import (
     EntryPage,
     GiftList,
     GiftRequest,
+    HostList,
     HostRate,
     MessagePage,
     RateRequest,
@@ -47,6 +51,9 @@ from .shapes import (
 
 SIGNATURE_HEADER = "X-Jalwa-Signature"
 MAX_PAGE = 200  # the same cap as chat.history over the WebSocket (docs/api.md)
+# GET /v1/hosts reads up to this many available hosts and answers the first ``limit`` of
+# them by name: an exact, stable order while no more than this many are available.
+HOSTS_SCAN = 1000
 log = logging.getLogger(__name__)
 
 
@@ -171,7 +178,10 @@ def _time_query(request: web.Request, name: str) -> float | None:
 
 
 def _page_limit(request: web.Request) -> int:
-    return _int_query(request, "limit", 50, MAX_PAGE) or 50
+    limit = _int_query(request, "limit", 50, MAX_PAGE)
+    if not limit:
+        raise BadQuery(f"limit must be 1 to {MAX_PAGE}")
+    return limit
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -229,6 +239,33 @@ async def post_recharge(request: web.Request, who: Identity) -> web.StreamRespon
         receipt.provider, receipt.txn_id, receipt.user_id, receipt.amount
     )
     return _json(balances)
+
+
+@authed()
+async def get_hosts(request: web.Request, who: Identity) -> web.StreamResponse:
+    """Hosts one can call now: live, status available (in a call they are busy), never the
+    asker; only what a list shows (no place, node or session). Every node shares presence
+    (Redis) and the ledger, so every node gives the same answer."""
+    limit = _page_limit(request)
+    store = request.app[PRESENCE].store
+    host = Role.HOST.value
+    found = await store.available(host, HOSTS_SCAN + 1)  # + 1: the asker may be one of them
+    records = await store.get_many(uid for uid in found if uid != who.user_id)
+    # Read again after the index: a host may have gone busy or away in between.
+    shown = sorted(
+        (r for r in records.values() if r.status == "available" and r.role == host),
+        key=lambda r: (r.name, r.user_id),
+    )[:limit]
+    rates = await asyncio.gather(*(_rate_of(request, r.user_id) for r in shown))
+    hosts = [AvailableHost(r.user_id, r.name, rate) for r, rate in zip(shown, rates, strict=True)]
+    return _json(HostList(hosts))
+
+
+async def _rate_of(request: web.Request, host: str) -> int:
+    """What a minute with ``host`` costs, as the call hooks charge it (``LedgerHooks``): the
+    rate an admin set, else ``billing.default_rate``."""
+    rate = await request.app[LEDGER].host_rate(host)
+    return request.app[BILLING_SETTINGS].default_rate if rate is None else rate
 
 
 @authed(Role.HOST)
@@ -378,6 +415,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/wallet/recharge", post_recharge)
     r.add_get("/v1/calls", get_calls)
     r.add_get("/v1/gifts", get_gifts)
+    r.add_get("/v1/hosts", get_hosts)
     r.add_get("/v1/conversations", get_conversations)
     r.add_get("/v1/conversations/{conversation_id}/messages", get_messages)
     r.add_post("/v1/withdrawals", post_withdrawal)

@@ -134,6 +134,20 @@ class HostRate(msgspec.Struct, frozen=True):
     rate: int
 
 
+class AvailableHost(msgspec.Struct, frozen=True):
+    """A host one can call now, and what a minute with them costs (coins)."""
+
+    id: str
+    name: str
+    rate: int
+
+
+class HostList(msgspec.Struct, frozen=True):
+    """Hosts online with status available (not the caller), by name then id."""
+
+    hosts: list[AvailableHost]
+
+
 class EndedCall(msgspec.Struct, frozen=True):
     """The call that was ended (reason ``admin``)."""
 

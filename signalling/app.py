@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -32,7 +30,7 @@ from turn.credentials import ice_servers as turn_ice_servers
 
 from .admin.metrics import Metrics
 from .assembly import MatchParts, Wings, assemble
-from .auth import Identity, Role, TokenVerifier, load_keys, mint_token
+from .auth import TokenVerifier, load_keys
 from .calls.billing import HubBillingEvents, LedgerHooks
 from .calls.directory import CallDirectory, MemoryCallDirectory
 from .calls.directory_redis import RedisCallDirectory
@@ -47,6 +45,7 @@ from .cluster.resume import MemoryResume, ResumeStore
 from .cluster.resume_redis import RedisResume
 from .errors import ConfigError
 from .http.admin import add_admin_routes
+from .http.dev import add_dev_routes
 from .http.rest import add_routes, json_errors
 from .keys import (
     BILLING_SETTINGS,
@@ -82,7 +81,6 @@ from .ws import websocket
 
 __all__ = ["MatchParts", "Wings", "assemble", "create_app"]
 
-DEV_CREDIT_MAX = 10_000
 log = logging.getLogger("jalwa")
 
 
@@ -119,9 +117,7 @@ def create_app(
     add_admin_routes(app)
     app.router.add_get("/jalwa.js", _client_module)
     if settings.env == "development":
-        app.router.add_get("/v1/dev/token", _dev_token)
-        if settings.hub.demo_page:
-            app.router.add_get("/", _demo_page)
+        add_dev_routes(app, pages=settings.hub.demo_page, gifts=settings.hub.demo_gifts)
     return app
 
 
@@ -390,47 +386,7 @@ async def _close_sessions(app: web.Application) -> None:
             await asyncio.sleep(0.05)
 
 
-def _is_loopback(request: web.Request) -> bool:
-    peer = request.remote or ""
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(peer).is_loopback
-    return False
-
-
-async def _dev_token(request: web.Request) -> web.Response:
-    """Development only: a token for the demo page, and optionally coins to try calls with.
-    Loopback callers only."""
-    if not _is_loopback(request):
-        raise web.HTTPForbidden(text="development tokens are for loopback clients only")
-    user = request.query.get("user", "")
-    role = request.query.get("role", "caller")
-    if role not in {Role.CALLER.value, Role.HOST.value}:
-        raise web.HTTPBadRequest(text="role must be caller or host")
-    credit = request.query.get("credit", "0")
-    if not (credit.isascii() and credit.isdigit()) or int(credit) > DEV_CREDIT_MAX:
-        raise web.HTTPBadRequest(text=f"credit must be 0..{DEV_CREDIT_MAX} coins")
-    try:
-        token = mint_token(
-            request.app[KEYS],
-            request.app[SETTINGS].auth,
-            Identity(user, Role(role), request.query.get("name", user)[:64]),
-            ttl_s=3600,
-            clock=request.app[CLOCK],
-        )
-    except ConfigError as exc:
-        raise web.HTTPBadRequest(text=exc.message) from exc
-    if int(credit) > 0:
-        key = f"dev:{user}:{secrets.token_hex(8)}"
-        await request.app[LEDGER].credit(key, user, int(credit), admin="dev")
-    return web.json_response({"token": token})
-
-
 async def _client_module(request: web.Request) -> web.Response:
     """jalwa.js, the browser client (docs/client.md), for apps to import or copy."""
     code = resources.files("signalling").joinpath("static/jalwa.js").read_text("utf-8")
     return web.Response(text=code, content_type="text/javascript")
-
-
-async def _demo_page(request: web.Request) -> web.Response:
-    page = resources.files("signalling").joinpath("static/demo.html").read_text("utf-8")
-    return web.Response(text=page, content_type="text/html")

@@ -216,6 +216,11 @@ async def _run_server(
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         logging.getLogger("jalwa").info("listening on http://%s:%d", host, port)
+        if settings.env == "development" and settings.hub.demo_page:
+            # Printed, not logged: the README's first command ends with where to look.
+            bound = runner.addresses[0]
+            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            print(f"jalwa: the demo app is at http://{shown}:{bound[1]}/", flush=True)
         signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -140,7 +140,10 @@ class HubSettings(Section):
     ice_servers: list[IceServer] = Field(
         default_factory=list, description="ICE servers sent in welcome (JSON list)"
     )
-    demo_page: bool = Field(True, description="serve the demo page at / (development only)")
+    demo_page: bool = Field(True, description="serve the demo app at / (development only)")
+    demo_gifts: bool = Field(
+        True, description="write a starter gift catalog when it is empty (development only)"
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

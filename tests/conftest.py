@@ -54,8 +54,10 @@ def make_settings(tmp_path: Path) -> MakeSettings:
         presence.update(overrides.pop("presence", {}))
         # The p2p relay unless a test asks for the SFU (media tests pass media={...}).
         media = {"mode": "p2p", **overrides.pop("media", {})}
+        # An empty gift catalog unless a test asks for the development starter one.
+        hub = {"demo_gifts": False, **overrides.pop("hub", {})}
         return Settings.model_validate(
-            {"auth": auth, "presence": presence, "media": media, **overrides}
+            {"auth": auth, "presence": presence, "media": media, "hub": hub, **overrides}
         )
 
     return make

@@ -210,4 +210,4 @@ FIELD_NOTES: dict[tuple[str, str], str] = {
     ("ChatHistory", "before"): "`next_before` of the previous page",
 }
 
-HIDDEN_SETTINGS = frozenset({"demo_page"})  # not part of the protocol
+HIDDEN_SETTINGS = frozenset({"demo_page", "demo_gifts"})  # not part of the protocol

@@ -127,13 +127,16 @@ export class JalwaClient {
   }
   markDelivered(messageIds) { return this.request("chat.delivered", { message_ids: messageIds }); }
   markRead(messageIds) { return this.request("chat.read", { message_ids: messageIds }); }
-  typing(to) { this.notify("chat.typing", { to }); }
+  typing(to, typing = true) { this.notify("chat.typing", { to, typing }); }
   history(conversationId, before, limit = 50) {
     return this.request("chat.history", { conversation_id: conversationId, limit, ...(before ? { before } : {}) });
   }
   sendGift(to, giftId, callId, key = randomId()) {
     return this.request("gift.send", { to, gift_id: giftId, idempotency_key: key, ...(callId ? { call_id: callId } : {}) });
   }
+
+  /** WebRTC for this client's calls (a JalwaMedia); see that class. */
+  media(options) { return new JalwaMedia(this, options); }
 
   // --- REST (docs/api.md) ------------------------------------------------------------------
 
@@ -150,6 +153,7 @@ export class JalwaClient {
   wallet() { return this.rest("GET", "/v1/wallet"); }
   gifts() { return this.rest("GET", "/v1/gifts"); }
   calls() { return this.rest("GET", "/v1/calls"); }
+  hosts(limit = 50) { return this.rest("GET", `/v1/hosts?limit=${limit}`); }
 
   // --- the connection ----------------------------------------------------------------------
 
@@ -247,6 +251,211 @@ export class JalwaClient {
       this._open().catch(() => {});  // a failed attempt schedules the next one itself
     }, delayMs);
   }
+}
+
+/**
+ * The media of this client's calls: one RTCPeerConnection per call, negotiated with the SFU
+ * (`media: "sfu"`: each party offers to the server) or with the peer (`"p2p"`: the party who
+ * rang offers), with the ICE servers of `welcome.ice_servers` (TURN credentials included).
+ * It follows the call by itself: starts on `call.started`, offers again after a reconnect
+ * that did not resume the session (the server's side of the old connection is gone), and
+ * closes on `call.ended`. Candidates trickle as `rtc.ice`.
+ *
+ *   const media = jalwa.media({
+ *     onRemoteStream: (stream) => { remoteVideo.srcObject = stream; },
+ *     onLocalStream: (stream) => { localVideo.srcObject = stream; },
+ *     onState: (state) => show(state),     // the RTCPeerConnection's connectionState, or "closed"
+ *     onError: (e) => show(e.message),      // getUserMedia refused, a bad offer...
+ *   });
+ */
+export class JalwaMedia {
+  /**
+   * @param {JalwaClient} client
+   * @param {object} [options]
+   * @param {() => Promise<MediaStream>} [options.getLocalStream] the camera and microphone
+   *   (default: getUserMedia audio+video); when it fails the call goes on receive-only
+   */
+  constructor(client, { getLocalStream, onLocalStream, onRemoteStream, onState, onError } = {}) {
+    this.client = client;
+    this.getLocalStream = getLocalStream ||
+      (() => navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
+    this.onLocalStream = onLocalStream || (() => {});
+    this.onRemoteStream = onRemoteStream || (() => {});
+    this.onState = onState || (() => {});
+    this.onError = onError || ((e) => console.warn("jalwa media", e));
+    this.pc = null;
+    this.callId = null;
+    this.localStream = null;
+    this.remoteStream = null;
+    this._rang = new Set();     // calls this client rang (in p2p mode it offers)
+    this._ready = null;         // the local tracks are on this.pc
+    this._iceQueue = [];        // candidates that came before the remote description
+    this._muted = { audio: false, video: false };
+    this._off = [
+      client.on("call.ringing", (m) => this._rang.add(m.call_id)),
+      client.on("call.started", (m) => this._start(m.call_id, m.media === "sfu" || this._rang.has(m.call_id))),
+      client.on("call.ended", (m) => { this._rang.delete(m.call_id); if (m.call_id === this.callId) this.stop(); }),
+      client.on("open", (w) => this._welcomed(w)),
+      client.on("rtc.offer", (m) => this._onOffer(m).catch((e) => this._fail("answering the offer", e))),
+      client.on("rtc.answer", (m) => this._onAnswer(m).catch((e) => this._fail("applying the answer", e))),
+      client.on("rtc.ice", (m) => this._onIce(m)),
+      client.on("close", (e) => { if (e.final) this.stop(); }),
+    ];
+  }
+
+  /** Enable or disable the local "audio" or "video" track (the peer sees black / hears
+   *  silence; nothing is renegotiated). */
+  setEnabled(kind, enabled) {
+    this._muted[kind] = !enabled;
+    for (const track of this.localStream?.getTracks() || []) {
+      if (track.kind === kind) track.enabled = enabled;
+    }
+  }
+
+  /** Close the peer connection and release the camera. */
+  stop() {
+    const pc = this.pc;
+    this.pc = null;
+    this.callId = null;
+    this._ready = null;
+    this._iceQueue = [];
+    if (pc) {
+      pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
+      pc.close();
+    }
+    for (const track of this.localStream?.getTracks() || []) track.stop();
+    const had = pc || this.localStream || this.remoteStream;
+    this.localStream = this.remoteStream = null;
+    if (had) this.onState("closed");
+  }
+
+  /** Stop following the client's calls. */
+  detach() {
+    this.stop();
+    this._off.forEach((off) => off());
+  }
+
+  _welcomed(welcome) {
+    // A resumed session kept its server side: the peer connection goes on untouched.
+    if (welcome.resumed) return;
+    const call = welcome.call;
+    if (call && call.role === "caller") this._rang.add(call.call_id);
+    if (call && call.state === "active") this._start(call.call_id, true);  // the one back offers
+    else this.stop();
+  }
+
+  _iceServers() {
+    return (this.client.welcome?.ice_servers || []).map((s) => ({
+      urls: s.urls,
+      ...(s.username != null ? { username: s.username } : {}),
+      ...(s.credential != null ? { credential: s.credential } : {}),
+    }));
+  }
+
+  _start(callId, offer) {
+    this.stop();
+    const pc = new RTCPeerConnection({ iceServers: this._iceServers() });
+    this.pc = pc;
+    this.callId = callId;
+    // Assigned (not addEventListener) so an app can wrap the handler, e.g. to filter.
+    pc.onicecandidate = (e) => {
+      if (this.pc !== pc) return;
+      const c = e.candidate;
+      // An empty candidate string is Chrome's end-of-candidates marker for one m-line.
+      if (c && !c.candidate) return;
+      this.client.notify("rtc.ice", c
+        ? { call_id: callId, candidate: c.candidate, sdp_mid: c.sdpMid, sdp_mline_index: c.sdpMLineIndex }
+        : { call_id: callId, candidate: null });
+    };
+    pc.ontrack = (e) => {
+      if (this.pc !== pc) return;
+      const stream = e.streams[0] || this.remoteStream || new MediaStream();
+      if (!e.streams[0]) stream.addTrack(e.track);
+      if (this.remoteStream !== stream) {
+        this.remoteStream = stream;
+        this.onRemoteStream(stream);
+      }
+    };
+    pc.onconnectionstatechange = () => { if (this.pc === pc) this.onState(pc.connectionState); };
+    this.onState(pc.connectionState);
+    this._ready = (async () => {
+      let stream = null;
+      try {
+        stream = await this.getLocalStream();
+      } catch (e) {
+        this._fail("camera or microphone unavailable, receiving only", e);
+      }
+      if (this.pc !== pc) { stream?.getTracks().forEach((t) => t.stop()); return; }
+      if (stream) {
+        this.localStream = stream;
+        for (const track of stream.getTracks()) {
+          track.enabled = !this._muted[track.kind];
+          pc.addTrack(track, stream);
+        }
+        this.onLocalStream(stream);
+      } else if (offer) {
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        pc.addTransceiver("video", { direction: "recvonly" });
+      }
+      if (offer) {
+        await pc.setLocalDescription(await pc.createOffer());
+        if (this.pc === pc) await this.client.request("rtc.offer", { call_id: callId, sdp: pc.localDescription.sdp });
+      }
+    })().catch((e) => this._fail("offering media", e));
+  }
+
+  async _onOffer(m) {
+    // p2p: the peer offers (first, or again after its reconnect: a new connection).
+    if (this.callId !== null && m.call_id !== this.callId) return;
+    if (!this.pc || this.pc.remoteDescription) this._start(m.call_id, false);
+    const pc = this.pc;
+    await this._ready;
+    if (this.pc !== pc) return;
+    await pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
+    this._flushIce();
+    await pc.setLocalDescription(await pc.createAnswer());
+    if (this.pc === pc) await this.client.request("rtc.answer", { call_id: m.call_id, sdp: pc.localDescription.sdp });
+  }
+
+  async _onAnswer(m) {
+    const pc = this.pc;
+    if (!pc || m.call_id !== this.callId) return;
+    await this._ready;
+    if (this.pc !== pc || pc.signalingState !== "have-local-offer") return;
+    await pc.setRemoteDescription({ type: "answer", sdp: m.sdp });
+    this._flushIce();
+  }
+
+  _onIce(m) {
+    if (m.call_id !== this.callId) return;
+    const init = m.candidate == null ? null
+      : { candidate: m.candidate, sdpMid: m.sdp_mid, sdpMLineIndex: m.sdp_mline_index };
+    if (this.pc?.remoteDescription) this._addIce(init);
+    else this._iceQueue.push(init);
+  }
+
+  _addIce(init) {
+    (init ? this.pc.addIceCandidate(init) : this.pc.addIceCandidate())
+      .catch((e) => this._fail("adding a candidate", e));
+  }
+
+  _flushIce() {
+    const queued = this._iceQueue;
+    this._iceQueue = [];
+    queued.forEach((init) => this._addIce(init));
+  }
+
+  _fail(what, e) {
+    const error = e instanceof JalwaError ? e : new JalwaError("media_error", `${what}: ${e?.name ? e.name + ": " : ""}${e?.message || e}`);
+    this.onError(error);
+  }
+}
+
+/** The id of the 1:1 conversation between two users (docs/protocol.md §9.4). */
+export function conversationId(a, b) {
+  const esc = (u) => u.replace(/%/g, "%25").replace(/:/g, "%3A");
+  const [lo, hi] = a < b ? [a, b] : [b, a];
+  return `dm:${esc(lo)}:${esc(hi)}`;
 }
 
 function randomId() {

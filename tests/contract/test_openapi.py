@@ -44,7 +44,9 @@ METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 EXCLUDED: dict[tuple[str, str], str] = {
     ("GET", "/v1/ws"): "the WebSocket upgrade: docs/protocol.md and protocol.schema.json",
     ("GET", "/v1/dev/token"): "development only, loopback only: not part of the API",
-    ("GET", "/"): "the demo page (development only): HTML for people, not an API",
+    ("GET", "/"): "the demo app (development only): HTML for people, not an API",
+    ("GET", "/app/{name}"): "the demo app's modules and style sheet (development only)",
+    ("GET", "/console"): "the protocol console (development only): HTML for people",
     ("GET", "/jalwa.js"): "the browser client module (docs/client.md): code, not an API",
 }
 
@@ -261,6 +263,11 @@ async def test_scenario_replies_match_their_schemas(
 
     a = await connect(client, token_for("alice"))
     b = await connect(client, token_for("bob", "host"))
+    await b.send_json({"type": "presence.update", "id": "p", "status": "available"})
+    await recv(b, "ack")  # bob's presence is written: he is a host one can call
+    listed = await call("GET", "/v1/hosts", "/v1/hosts", 200, headers=alice)
+    assert listed == {"hosts": [{"id": "bob", "name": "Bob", "rate": 5}]}
+    await call("GET", "/v1/hosts", "/v1/hosts?limit=0", 400, headers=alice)
     await a.send_json({"type": "gift.send", "id": "g", "to": "bob", "gift_id": "rose",
                        "idempotency_key": "g1"})  # fmt: skip
     await recv(a, "ack")

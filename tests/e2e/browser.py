@@ -5,6 +5,7 @@ WebSocket, with aiohttp): no chromedriver, selenium or playwright. Every packet 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -35,6 +36,31 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 )
+
+
+# Run before the page's own script: the page trickles only its 127.0.0.1 candidates, so the
+# SFU (which gathers on 127.0.0.1 only) never checks a pair towards another address of this
+# machine (DESIGN §6: media tests send to loopback only). The pages' code is unchanged.
+LOOPBACK_ONLY_JS = """
+(() => {
+  const seen = window.loopbackOnly = { sent: 0, dropped: 0 };
+  const proto = RTCPeerConnection.prototype;
+  const prop = Object.getOwnPropertyDescriptor(proto, 'onicecandidate');
+  Object.defineProperty(proto, 'onicecandidate', {
+    configurable: true,
+    get() { return prop.get.call(this); },
+    set(handler) {
+      prop.set.call(this, typeof handler !== 'function' ? handler : (e) => {
+        if (e.candidate && e.candidate.candidate) {
+          if (e.candidate.address !== '127.0.0.1') { seen.dropped += 1; return; }
+          seen.sent += 1;
+        }
+        return handler.call(this, e);
+      });
+    },
+  });
+})();
+"""
 
 
 def chromium_binary() -> str:
@@ -137,6 +163,33 @@ class Cdp:
             assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
             await asyncio.sleep(0.1)
         return value
+
+    async def click(self, selector: str, *, count: int = 1) -> None:
+        """Click the element as a person does: mouse events at its centre, through the
+        browser's input pipeline (so the page sees trusted events). ``count=2`` is a double
+        click: two presses in a row, the second with clickCount 2."""
+        box = await self.js(
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+            " if (!el) return null; el.scrollIntoView({block: 'center'});"
+            " const r = el.getBoundingClientRect();"
+            " return {x: r.left + r.width / 2, y: r.top + r.height / 2}; })()"
+        )
+        assert box is not None, f"no element {selector}"
+        for n in range(1, count + 1):
+            for kind in ("mousePressed", "mouseReleased"):
+                await self.call(
+                    "Input.dispatchMouseEvent",
+                    type=kind,
+                    x=box["x"],
+                    y=box["y"],
+                    button="left",
+                    clickCount=n,
+                )
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.call("Page.captureScreenshot", format="png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))  # noqa: ASYNC240 - a test's few files
 
 
 @contextlib.asynccontextmanager

@@ -1,11 +1,12 @@
 """A real browser in a call through the SFU (DESIGN §7, e2e tier).
 
-The app runs on 127.0.0.1 in sfu mode with the demo page at /. Headless Chromium (Debian's
-``chromium``, with its fake camera and microphone) opens the demo page as caller alice and
-calls host bob, an aiortc ``LoopbackClient`` on its own WebSocket. Both negotiate with the
-SFU: the page by itself, bob as tests/integration/test_sfu_hub.py does. Bob must decode the
-browser's camera and microphone, the page must render bob's test pattern, and when the
-browser hangs up bob gets call.ended and its peer connection is closed within 1 s.
+The app runs on 127.0.0.1 in sfu mode with the protocol console at /console. Headless
+Chromium (Debian's ``chromium``, with its fake camera and microphone) opens the console as
+caller alice and calls host bob, an aiortc ``LoopbackClient`` on its own WebSocket. Both
+negotiate with the SFU: the page by itself, bob as tests/integration/test_sfu_hub.py does.
+Bob must decode the browser's camera and microphone, the page must render bob's test
+pattern, and when the browser hangs up bob gets call.ended and its peer connection is
+closed within 1 s.
 
 Chromium is driven over the DevTools protocol (its WebSocket, with aiohttp): no
 chromedriver, selenium or playwright. Every packet stays on 127.0.0.1.
@@ -24,7 +25,7 @@ import aiohttp
 
 from signalling.app import create_app
 from tests.conftest import MakeSettings
-from tests.e2e.browser import Browser, Cdp, chromium_binary, open_page, serve
+from tests.e2e.browser import LOOPBACK_ONLY_JS, Browser, Cdp, chromium_binary, open_page, serve
 from tests.mediautil import LoopbackClient
 from tests.wsutil import until
 
@@ -66,29 +67,6 @@ class HubSocket:
 
 
 STATE = "window.jalwaDemo.state"
-# Run before the page's own script: the page trickles only its 127.0.0.1 candidates, so the
-# SFU (which gathers on 127.0.0.1 only) never checks a pair towards another address of this
-# machine (DESIGN §6: media tests send to loopback only). The page's code is unchanged.
-LOOPBACK_ONLY_JS = """
-(() => {
-  const seen = window.loopbackOnly = { sent: 0, dropped: 0 };
-  const proto = RTCPeerConnection.prototype;
-  const prop = Object.getOwnPropertyDescriptor(proto, 'onicecandidate');
-  Object.defineProperty(proto, 'onicecandidate', {
-    configurable: true,
-    get() { return prop.get.call(this); },
-    set(handler) {
-      prop.set.call(this, typeof handler !== 'function' ? handler : (e) => {
-        if (e.candidate && e.candidate.candidate) {
-          if (e.candidate.address !== '127.0.0.1') { seen.dropped += 1; return; }
-          seen.sent += 1;
-        }
-        return handler.call(this, e);
-      });
-    },
-  });
-})();
-"""
 
 
 async def test_browser_publishes_through_the_sfu_and_receives_the_other_side(
@@ -128,7 +106,7 @@ async def call_from_the_browser(
     started = time.monotonic()
     await cdp.call("Page.enable")
     await cdp.call("Page.addScriptToEvaluateOnNewDocument", source=LOOPBACK_ONLY_JS)
-    await cdp.call("Page.navigate", url=f"{base}/?user=alice&role=caller&name=Alice")
+    await cdp.call("Page.navigate", url=f"{base}/console?user=alice&role=caller&name=Alice")
     await cdp.wait_for(
         "document.readyState === 'complete' && !!window.jalwaDemo", 15, "the demo page"
     )

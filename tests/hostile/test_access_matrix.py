@@ -102,6 +102,8 @@ class Keys:
 # Every route of the app: who may call it. "any" = any valid token; None = no token needed.
 ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/"): None,
+    ("GET", "/app/{name}"): None,
+    ("GET", "/console"): None,
     ("GET", "/healthz"): None,
     ("GET", "/v1/dev/token"): None,  # development only, loopback only: not in this app
     ("GET", "/v1/ws"): "websocket",
@@ -110,6 +112,7 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/wallet/recharge"): "any",
     ("GET", "/v1/calls"): "any",
     ("GET", "/v1/gifts"): "any",
+    ("GET", "/v1/hosts"): "any",
     ("GET", "/v1/conversations"): "any",
     ("GET", "/v1/conversations/{conversation_id}/messages"): "any",
     ("POST", "/v1/withdrawals"): "host",
@@ -179,6 +182,7 @@ def _concrete(path: str) -> str:
         .replace("{call_id}", "c_x")
         .replace("{party}", "alice")
         .replace("{user_id}", "alice")
+        .replace("{name}", "app.js")
     )
 
 

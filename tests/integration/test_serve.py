@@ -69,6 +69,32 @@ async def test_embedded_defaults(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             page = await (await http.get(server.url + "/")).text()
             assert "<html" in page.lower()
+            # Everything the page loads is served, and nothing else under /app/.
+            for path in (
+                "/app/app.js",
+                "/app/chat.js",
+                "/app/words.js",
+                "/app/app.css",
+                "/jalwa.js",
+            ):
+                async with http.get(server.url + path) as resp:
+                    assert resp.status == 200, path
+            async with http.get(server.url + "/app/index.html") as resp:
+                assert resp.status == 404
+            # The development catalog is there for the page's gift button.
+            token = server.token("alice", "caller")
+            async with http.get(
+                server.url + "/v1/gifts", headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                assert [g["gift_id"] for g in (await resp.json())["gifts"]] == [
+                    "rose",
+                    "heart",
+                    "star",
+                    "crown",
+                ]
+    # The README's first command ends by saying where the page is.
+    log = (tmp_path / f"serve-{server.port}.log").read_text()
+    assert f"jalwa: the demo app is at {server.url}/" in log
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ live frames (chat messages are stored and pushed again on the next connect).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -161,6 +160,7 @@ _decoder = msgspec.msgpack.Decoder(AnyNodeMessage)
 
 OUTBOX_MAX = 100_000  # messages waiting for Redis; past it the oldest are dropped
 BATCH_MAX = 512
+CLOSE_WAIT_S = 2.0
 
 
 class RedisRouter:
@@ -182,6 +182,7 @@ class RedisRouter:
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         self.dropped = 0
 
     async def start(self, inbox: Inbox) -> None:
@@ -229,13 +230,19 @@ class RedisRouter:
                 log.error("node bus: Redis is not keeping up; %d messages dropped", self.dropped)
         self._outbox.append((channel, _encoder.encode(stamped)))
         self._wake.set()
-        if self._flusher is None:
+        if self._flusher is None and not self._closing:
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        while True:
+        # Cancellation is also checked by hand: a library under this loop that swallows a
+        # CancelledError (the test suite caught one doing so, 1 run in ~20) must not leave
+        # it waiting for a wake-up forever, and close() with it.
+        me = asyncio.current_task()
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             while self._outbox:
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), BATCH_MAX))]
                 try:
@@ -252,17 +259,19 @@ class RedisRouter:
 
     async def close(self) -> None:
         # What is already posted still goes out (a shutdown's call.ended), briefly.
+        self._closing = True
+        self._wake.set()
         for _ in range(20):
             if not self._outbox:
                 break
             await asyncio.sleep(0.05)
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._flusher, self._task):
+            if task is not None and not task.done():
+                task.cancel()
+                # Bounded: a task that swallowed its cancellation must not hold the shutdown.
+                if not (await asyncio.wait({task}, timeout=CLOSE_WAIT_S))[0]:
+                    log.error(
+                        "node bus: %s did not stop within %s s", task.get_name(), CLOSE_WAIT_S
+                    )
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -217,10 +217,13 @@ async def _run_server(
         await site.start()
         logging.getLogger("jalwa").info("listening on http://%s:%d", host, port)
         if settings.env == "development" and settings.hub.demo_page:
-            # Printed, not logged: the README's first command ends with where to look.
             bound = runner.addresses[0]
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            print(f"jalwa: the demo app is at http://{shown}:{bound[1]}/", flush=True)
+            page = f"http://{shown}:{bound[1]}/"
+            if settings.log_json:  # a log collector reads the stream: JSON lines only
+                logging.getLogger("jalwa").info("the demo app is at %s", page)
+            else:  # the README's first command ends by saying where to look
+                print(f"jalwa: the demo app is at {page}", flush=True)
         signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

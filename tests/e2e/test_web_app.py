@@ -83,9 +83,12 @@ class Page:
         shown = await self.js(f"{STATE}.notices.filter((n) => n.kind === 'bad').map((n) => n.text)")
         return list(shown)
 
-    async def type_chat(self, text: str) -> None:
-        await self.js(f"document.getElementById('chatText').value = {text!r}")
-        await self.click("#chatForm button")
+    async def type_chat(self, text: str, *, send: bool = True) -> None:
+        """Type into the chat box as a keyboard does (input events), then press Send."""
+        await self.js("document.getElementById('chatText').focus()")
+        await self.cdp.call("Input.insertText", text=text)
+        if send:
+            await self.click("#chatForm button")
 
 
 @contextlib.asynccontextmanager
@@ -215,7 +218,9 @@ async def test_a_paid_random_call_between_two_browsers(
             await host.shot("4-gift")
 
             # Chat: the host reads it (the chat is on screen), the caller sees it read.
-            await caller.type_chat("hello from ravi")
+            await caller.type_chat("hello from ravi", send=False)
+            await host.wait_for("!document.getElementById('typing').hidden", 5, "typing…")
+            await caller.click("#chatForm button")
             mine = "#messages li.mine"
             await host.wait_for(
                 "/hello from ravi/.test(document.getElementById('messages').innerText)",
@@ -358,16 +363,35 @@ async def test_double_clicks_hanging_up_while_ringing_and_a_reload(
         await ledger_check(dsn)
 
 
-async def test_a_direct_call_in_p2p_mode(make_settings: MakeSettings, tmp_path: Path) -> None:
-    """The same page when the server relays media negotiation (``media.mode=p2p``): the caller
-    rings a host from the list, JalwaMedia lets the side that rang offer, and the two
-    browsers send their video to each other directly (over loopback)."""
+async def test_nearby_and_a_direct_call_in_p2p_mode(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    """The same page when the server relays media negotiation (``media.mode=p2p``). A nearby
+    match the host declines (the caller waits on, then cancels); then a direct call from the
+    hosts list, where JalwaMedia lets the side that rang offer and the two browsers send their
+    video to each other (over loopback)."""
     p2p = {"mode": "p2p"}
     async with the_app(make_settings, p2p) as (base, app, dsn), aiohttp.ClientSession() as http:
         async with people(tmp_path, http) as (host, caller):
-            await host.sign_in(base, "meera")
+            await host.sign_in(base, "meera", pool=True)
+            await host.click("#poolNearby")  # at the place its lobby shows (Mumbai)
             await caller.sign_in(base, "asha")
             assert await caller.js("window.jalwaApp.client.welcome.media") == "p2p"
+
+            await caller.js("document.getElementById('lat').value = '19.12'")  # ~5 km north
+            await caller.click("#matchNearby")
+            await host.wait_for("!document.getElementById('ringing').hidden", 10, "ringing")
+            assert await caller.wait_for(
+                "/km away/.test(document.getElementById('ringText').textContent)", 5, "the distance"
+            )
+            await caller.shot("p2p-nearby")
+            await host.click("#declineCall")
+            await caller.wait_for(
+                "!document.getElementById('queue').hidden", 10, "waiting for another host"
+            )
+            await caller.click("#cancelMatch")
+            await caller.wait_for("document.getElementById('queue').hidden", 5, "the queue left")
+
             await caller.wait_for(
                 "!!document.querySelector('#hosts li[data-user=meera] button')", 15, "the list"
             )

@@ -105,7 +105,8 @@ function render() {
   $("ringing").hidden = !ringing;
   if (ringing) {
     const name = call.peer?.name || call.peer?.id || "a host";
-    $("ringText").textContent = call.rang ? `Calling ${name}…` : `${name} is calling${call.matched ? " (random match)" : ""}`;
+    const away = call.distanceKm != null ? ` (${call.distanceKm} km away)` : "";
+    $("ringText").textContent = call.rang ? `Calling ${name}${away}…` : `${name} is calling${call.matched ? " (a match)" : ""}`;
     $("acceptCall").hidden = $("declineCall").hidden = call.rang;
     $("cancelCall").hidden = !call.rang;
   }
@@ -318,7 +319,8 @@ function on() {
   client.on("match.queued", (m) => { state.queue = { mode: m.mode }; render(); });
   client.on("match.found", (m) => {
     state.queue = null;
-    state.call = { id: m.call_id, peer: { id: m.peer.id, name: m.peer.name }, state: "ringing", rang: true, matched: true, rate: m.peer.rate };
+    state.call = { id: m.call_id, peer: { id: m.peer.id, name: m.peer.name }, state: "ringing", rang: true,
+      matched: true, rate: m.peer.rate, distanceKm: m.peer.distance_km };
     render();
   });
   client.on("match.timeout", () => { state.queue = null; toast("Nobody is free right now. Try again in a minute."); render(); });

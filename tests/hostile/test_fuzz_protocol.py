@@ -38,6 +38,7 @@ from signalling.settings import ChatSettings, HubSettings
 from tests.hostile.frames import Frame, frames
 
 EXAMPLES = int(os.environ.get("JALWA_FUZZ_EXAMPLES", "300"))
+LONG, PROGRESS_EVERY = 10_000, 5_000
 FUZZER = Identity("fuzzer", Role.CALLER, "Fuzzer")
 BYSTANDERS = (Identity("bob", Role.HOST, "Bob"), Identity("carol", Role.CALLER, "Carol"))
 TALLY: Counter[str] = Counter()  # what the run did, for docs/security.md
@@ -102,6 +103,10 @@ async def _run(batch: list[Frame]) -> None:
         assert await ledger.check() == []
         TALLY["inputs"] += len(batch)
         TALLY["examples"] += 1
+        if EXAMPLES >= LONG and TALLY["examples"] % PROGRESS_EVERY == 0:  # hours: show it moves
+            print(
+                f"fuzz progress: {TALLY['examples']} examples, {TALLY['inputs']} inputs", flush=True
+            )
     finally:
         logging.getLogger().removeHandler(watcher)
 

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m bench.signalling [--pairs 50] [--messages 2000] [--id
 [--redis redis://127.0.0.1:6379/0] [--workers-db postgresql://... --workers-mongo mongodb://...]``
 
 Both servers run as their own process (one core each at most on a 2-core machine; the load
-generator, this process, has the other):
+generator, this process and in the latency round a loader process of its own, shares them):
 
 - **jalwa**: ``jalwa serve`` on its embedded stores, p2p media, rate and connection limits
   raised out of the way (auth, validation, routing, presence, the per-session queue and the
@@ -17,9 +17,11 @@ generator, this process, has the other):
 Measured, in this order, on each server:
 1. **throughput**: every caller sends ``--messages`` frames as fast as its socket takes
    them; the rate is frames received by the hosts per second, first send to last receipt;
-2. **latency at half load**: callers pace themselves to half the throughput just measured
-   for ``--latency-s`` seconds; each frame carries its send time; p50 and p99 of
-   receipt - send;
+2. **latency at half load** (bench/latency.py): a loader process of its own opens as many
+   pairs and paces them to half the throughput just measured for ``--latency-s`` seconds,
+   while 4 probe pairs of this process send 50 frames a second each; each frame carries its
+   send time; p50 and p99 of the probes' receipt - send (and, for comparison, the p99 of
+   the loader's own frames timed in the loader, the figure of the first version);
 3. **memory per idle connection**: ``--idle`` more connections (authenticated, for jalwa)
    opened and left idle; the server's RSS growth divided by their number.
 
@@ -41,13 +43,12 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
+from bench.latency import PROBE_PAIRS, Opener, Pair, Target, at_half_load, opener_of
 from tests.integration.services import free_port
 from tests.wsutil import recv
 
@@ -68,6 +70,8 @@ class Figures:
     rate: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    load_rate: float = 0.0  # the half load the loader process achieved, frames/s
+    load_p99_ms: float = 0.0  # p99 of the loader's own frames, timed in the loader
     idle_kb: float = 0.0
     idle_cpu: float = 0.0  # % of one core the servers burn while the connections idle
     accepts: float = 0.0  # new (authenticated) connections per second, one after another
@@ -147,10 +151,6 @@ def bare_server() -> Iterator[tuple[str, int]]:
         proc.wait(20)
 
 
-Pair = tuple[aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse, str]
-Opener = Callable[[aiohttp.ClientSession, int], Awaitable[Pair]]
-
-
 def jalwa_opener(base: str, host_base: str | None = None) -> Opener:
     """Pairs in a paid call; the hosts connect to ``host_base`` when given (another node)."""
     host_base = host_base or base
@@ -208,30 +208,6 @@ async def throughput(pairs: list[Pair], messages: int) -> float:
     return len(pairs) * messages / (time.perf_counter() - started)
 
 
-async def latency(pairs: list[Pair], rate: float, seconds: float) -> tuple[float, float]:
-    per_pair = rate / len(pairs)
-    count = max(1, int(per_pair * seconds))
-    samples: list[float] = []
-
-    async def send(caller: aiohttp.ClientWebSocketResponse, call_id: str) -> None:
-        start = time.perf_counter()
-        for k in range(count):
-            delay = start + k / per_pair - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await caller.send_str(frame(call_id, time.perf_counter_ns()))
-
-    async def receive(host: aiohttp.ClientWebSocketResponse) -> None:
-        for _ in range(count):
-            msg = await host.receive(timeout=60)
-            sent = int(str(msg.data).split(" ts ", 1)[1].split('"', 1)[0])
-            samples.append((time.perf_counter_ns() - sent) / 1e6)
-
-    await asyncio.gather(*(send(c, cid) for c, _, cid in pairs), *(receive(h) for _, h, _ in pairs))
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
-
-
 async def idle_memory(
     base: str, pids: list[int], idle: int, jalwa: bool, cpu_s: float = 5.0
 ) -> tuple[float, float, float]:
@@ -281,14 +257,19 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
-async def measure(opener: Opener, args: argparse.Namespace) -> Figures:
+async def measure(target: Target, args: argparse.Namespace) -> Figures:
     figures = Figures()
+    opener = opener_of(target)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         pairs = [await opener(http, n) for n in range(args.pairs)]
         await throughput(pairs, 50)  # warm up
         figures.rate = await throughput(pairs, args.messages)
-        figures.p50_ms, figures.p99_ms = await latency(pairs, figures.rate / 2, args.latency_s)
+        half = await at_half_load(
+            target, pairs[:PROBE_PAIRS], figures.rate / 2, args.pairs, args.latency_s
+        )
+        figures.p50_ms, figures.p99_ms = half.p50_ms, half.p99_ms
+        figures.load_rate, figures.load_p99_ms = half.load_rate, half.load_p99_ms
         for caller, host, _ in pairs:
             await caller.close()
             await host.close()
@@ -308,7 +289,7 @@ def cross_node(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
         jalwa_server(Path(tmp), JALWA_NODE_ID="bench-a", **shared) as (base_a, pid_a),
         jalwa_server(Path(tmp), JALWA_NODE_ID="bench-b", **shared) as (base_b, _),
     ):
-        figures = runner.run(measure(jalwa_opener(base_a, base_b), args))
+        figures = runner.run(measure(Target("jalwa", base_a, base_b), args))
         figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
             idle_memory(base_a, [pid_a], args.idle, jalwa=True)
         )
@@ -330,7 +311,7 @@ def two_workers(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
         jalwa_server(Path(tmp), "--workers", "2", **stores) as (base, supervisor),
     ):
         time.sleep(1.0)  # both workers listening
-        figures = runner.run(measure(jalwa_opener(base), args))
+        figures = runner.run(measure(Target("jalwa", base), args))
         workers = pids_of(supervisor)
         figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
             idle_memory(base, workers, args.idle, jalwa=True)
@@ -355,13 +336,13 @@ def main() -> None:
     results: dict[str, Figures] = {}
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         with bare_server() as (base, pid):
-            figures = runner.run(measure(bare_opener(base), args))
+            figures = runner.run(measure(Target("bare", base), args))
             figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=False)
             )
             results["bare"] = figures
         with tempfile.TemporaryDirectory() as tmp, jalwa_server(Path(tmp)) as (base, pid):
-            figures = runner.run(measure(jalwa_opener(base), args))
+            figures = runner.run(measure(Target("jalwa", base), args))
             figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=True)
             )
@@ -373,14 +354,14 @@ def main() -> None:
     bare, ours = results["bare"], results["jalwa"]
     print()
     print(
-        "| server | relayed msg/s | p50 ms (half load) | p99 ms (half load) "
-        f"| KB per idle conn | % core, {args.idle} idle | connections accepted/s |"
+        "| server | relayed msg/s | half load, msg/s | p50 ms (probe) | p99 ms (probe) "
+        f"| p99 ms (loader) | KB per idle conn | % core, {args.idle} idle | accepts/s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, f in results.items():
         print(
-            f"| {name} | {f.rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.idle_kb:.1f} "
-            f"| {f.idle_cpu:.1f} | {f.accepts:,.0f} |"
+            f"| {name} | {f.rate:,.0f} | {f.load_rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
+            f"| {f.load_p99_ms:.2f} | {f.idle_kb:.1f} | {f.idle_cpu:.1f} | {f.accepts:,.0f} |"
         )
     for name, f in results.items():
         if name.startswith("jalwa,") or name.startswith("jalwa --"):

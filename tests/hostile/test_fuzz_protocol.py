@@ -6,9 +6,11 @@ exception, every frame owed a reply gets exactly one ``ack``/``error`` with its 
 reply carries an id that was not owed), a bystander still gets its ack, and the books
 balance. A bounded run in CI; the long mode (docs/security.md):
 
-    JALWA_FUZZ_EXAMPLES=215000 .venv/bin/pytest -s tests/hostile/test_fuzz_protocol.py
+    JALWA_TEST_LIMIT_S=30000 JALWA_FUZZ_EXAMPLES=110000 .venv/bin/pytest -s \
+        -p no:cacheprovider tests/hostile/test_fuzz_protocol.py --hypothesis-seed=1
 
-(examples average about 4.7 frames, so 215,000 examples are over 1M inputs).
+twice, with two seeds, one per core (examples average about 4.7 frames, so 220,000 examples
+are over 1M inputs; the per-test time limit of tests/conftest.py must be raised for it).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ const state = {
   queue: null,         // {mode} while waiting for a match
   call: null,          // {id, peer, state, rang, matched, rate, minute, startedAt, lowLeft}
   ended: null,         // the last call.ended, as shown
+  skipped: null,       // the call left with Next (its end starts the next match)
   media: null,         // the peer connection's state
   remoteFrames: 0,     // video frames rendered from the other side
   gifts: [],           // gifts received this session: {from, gift_id, coins}
@@ -366,8 +367,11 @@ function on() {
     chat.close();
     $("gifts").hidden = true;
     const [title, text] = ending(m.reason, { payer: payer(), peer: call.peer?.name || call.peer?.id });
-    // A ringing call that simply did not happen needs a toast, not a summary.
-    if (m.minutes === 0 && ["rejected", "cancelled", "timeout"].includes(m.reason)) {
+    // A ringing call that simply did not happen, or one skipped with Next, needs a toast.
+    if (m.call_id === state.skipped) {
+      toast(`${m.minutes} min · ${coins(m.coins)}. Finding the next host…`);
+      state.queue = { mode: "random" };
+    } else if (m.minutes === 0 && ["rejected", "cancelled", "timeout"].includes(m.reason)) {
       if (!(m.reason === "cancelled" && call.rang)) toast(text);
     } else {
       $("summaryTitle").textContent = title;
@@ -431,7 +435,10 @@ $("acceptCall").addEventListener("click", (ev) => once(ev.currentTarget, () => a
 $("declineCall").addEventListener("click", (ev) => once(ev.currentTarget, () => act("reject")));
 $("cancelCall").addEventListener("click", (ev) => once(ev.currentTarget, () => act("cancel")));
 $("hangUp").addEventListener("click", (ev) => once(ev.currentTarget, () => act("hangUp")));
-$("nextButton").addEventListener("click", (ev) => once(ev.currentTarget, () => client.request("match.next")));
+$("nextButton").addEventListener("click", (ev) => once(ev.currentTarget, async () => {
+  state.skipped = state.call?.id;  // its end is a step to the next match, not a summary
+  await client.request("match.next");
+}));
 $("giftButton").addEventListener("click", (ev) => once(ev.currentTarget, openGifts));
 $("closeGifts").addEventListener("click", () => { $("gifts").hidden = true; });
 $("closeSummary").addEventListener("click", () => { $("summary").hidden = true; });

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -487,3 +488,37 @@ def test_dashboard_queries_name_only_exported_metrics_and_labels() -> None:
             if METRICS[SERIES[name]][0] == "histogram" and "histogram_quantile" in query:
                 assert name.endswith("_bucket"), query
     assert charted == set(METRICS), f"not charted: {sorted(set(METRICS) - charted)}"
+
+
+# setuptools' own copy of what an install takes (packages and package data): what
+# `pip install .` puts in the image, without building a wheel (no `wheel` package needed).
+BUILD_PY = "import sys; from setuptools import setup; sys.argv[0] = 'setup.py'; setup()"
+
+
+def test_the_installed_package_carries_every_file_the_server_serves(tmp_path: Path) -> None:
+    """The image installs jalwa with ``pip install .`` (not this source tree): every file
+    under signalling/static must go with it, or the pages 404 and the dev routes cannot
+    list the app's files. (The app's folder was once left out of the package data.)"""
+    source, out = tmp_path / "src", tmp_path / "out"
+    # What the Dockerfile copies, and nothing else (a source tree's own egg-info would
+    # supply files the package data leaves out).
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for package in ("signalling", "billing", "media", "turn"):
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    built = subprocess.run(
+        [sys.executable, "-c", BUILD_PY, "-q", "build_py", "--build-lib", str(out)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    static = ROOT / "signalling" / "static"
+    wanted = {path.relative_to(ROOT) for path in static.rglob("*") if path.is_file()}
+    assert wanted, "no static files found"
+    installed = {path.relative_to(out) for path in out.rglob("*") if path.is_file()}
+    assert wanted <= installed, sorted(map(str, wanted - installed))

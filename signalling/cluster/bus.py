@@ -274,4 +274,6 @@ class RedisRouter:
                         "node bus: %s did not stop within %s s", task.get_name(), CLOSE_WAIT_S
                     )
         if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            # redis-py types aclose from 8.2 on; through a typed name, either version checks.
+            aclose: Callable[[], Awaitable[None]] = self._pubsub.aclose
+            await aclose()

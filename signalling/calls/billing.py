@@ -50,6 +50,12 @@ def protocol_error(exc: BillingError) -> JalwaError:
     return JalwaError(exc.message, code=code)
 
 
+async def rate_of(catalog: Catalog, settings: BillingSettings, host: str) -> int:
+    """What a minute with ``host`` costs: the rate an admin set, else the default."""
+    rate = await catalog.host_rate(host)
+    return settings.default_rate if rate is None else rate
+
+
 class HookLedger(CallBilling, Catalog, Wallets, Protocol):
     """What the call hooks use of the ledger: open and close calls, rates, balances."""
 
@@ -67,8 +73,7 @@ class LedgerHooks:
         self._unclosed: dict[str, str] = {}  # call id -> end reason, not yet in the ledger
 
     async def rate_of(self, host: str) -> int:
-        rate = await self._ledger.host_rate(host)
-        return self._settings.default_rate if rate is None else rate
+        return await rate_of(self._ledger, self._settings, host)
 
     async def check_invite(self, payer: Identity, host: Identity) -> None:
         rate = await self.rate_of(host.user_id)

@@ -22,6 +22,7 @@ from billing.errors import BillingError
 from billing.ledger import Gift, WithdrawalState
 
 from ..auth import Identity, Role, TokenVerifier
+from ..calls.billing import rate_of
 from ..chat.handlers import wire
 from ..errors import AuthError, JalwaError
 from ..keys import BILLING_SETTINGS, CALLS, CHAT, LEDGER, OPERATIONS, PRESENCE, SFU, VERIFIER
@@ -256,16 +257,10 @@ async def get_hosts(request: web.Request, who: Identity) -> web.StreamResponse:
         (r for r in records.values() if r.status == "available" and r.role == host),
         key=lambda r: (r.name, r.user_id),
     )[:limit]
-    rates = await asyncio.gather(*(_rate_of(request, r.user_id) for r in shown))
+    ledger, billing = request.app[LEDGER], request.app[BILLING_SETTINGS]
+    rates = await asyncio.gather(*(rate_of(ledger, billing, r.user_id) for r in shown))
     hosts = [AvailableHost(r.user_id, r.name, rate) for r, rate in zip(shown, rates, strict=True)]
     return _json(HostList(hosts))
-
-
-async def _rate_of(request: web.Request, host: str) -> int:
-    """What a minute with ``host`` costs, as the call hooks charge it (``LedgerHooks``): the
-    rate an admin set, else ``billing.default_rate``."""
-    rate = await request.app[LEDGER].host_rate(host)
-    return request.app[BILLING_SETTINGS].default_rate if rate is None else rate
 
 
 @authed(Role.HOST)

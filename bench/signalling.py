@@ -50,13 +50,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import uvloop
 
 from bench.latency import PROBE_PAIRS, Opener, Pair, Target, at_half_load, opener_of
+from bench.stalls import Cpu, Stalls, between, cpu_of, scrape
 from tests.integration.services import free_port
 from tests.wsutil import recv
 
@@ -75,6 +76,9 @@ class Figures:
     idle_kb: float = 0.0
     idle_cpu: float = 0.0  # % of one core the servers burn while the connections idle
     accepts: float = 0.0  # new (authenticated) connections per second, one after another
+    stalls: dict[str, Stalls] = field(default_factory=dict)  # per server, over the half load
+    cpu: dict[int, Cpu] = field(default_factory=dict)  # per server process, over the half load
+    half_s: float = 0.0  # how long the half-load round took, the loader's connecting included
 
 
 def cpu_seconds(pid: int) -> float:
@@ -162,9 +166,11 @@ def jalwa_opener(base: str, host_base: str | None = None) -> Opener:
         return value
 
     async def open_pair(http: aiohttp.ClientSession, n: int) -> Pair:
-        caller = await http.ws_connect(f"{base}/v1/ws?token={await token(http, f'c{n}', 'caller')}")
+        # Compression offered as apps offer it (declined by the hub, docs/decisions.md).
+        caller_token = await token(http, f"c{n}", "caller")
+        caller = await http.ws_connect(f"{base}/v1/ws?token={caller_token}", compress=15)
         host_token = await token(http, f"h{n}", "host")
-        host = await http.ws_connect(f"{host_base}/v1/ws?token={host_token}")
+        host = await http.ws_connect(f"{host_base}/v1/ws?token={host_token}", compress=15)
         await recv(caller, "welcome", within_s=10)
         await recv(host, "welcome", within_s=10)
         await caller.send_json({"type": "call.invite", "id": "i", "to": f"h{n}"})
@@ -228,7 +234,9 @@ async def idle_memory(
 
         async def open_one(n: int) -> None:
             url = f"{base}/v1/ws?token={tokens[n]}" if jalwa else f"{base}/ws?user=i{n}&peer=x"
-            ws = await http.ws_connect(url, autoping=True)
+            # Offered as browsers and OkHttp offer it (the bare relay's clients do not: it
+            # would take it and hold zlib state per connection).
+            ws = await http.ws_connect(url, autoping=True, compress=15 if jalwa else 0)
             if jalwa:
                 await recv(ws, "welcome", within_s=30)
             sockets.append(ws)
@@ -257,7 +265,11 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
-async def measure(target: Target, args: argparse.Namespace) -> Figures:
+async def measure(
+    target: Target, args: argparse.Namespace, pids: list[int], watched: tuple[str, ...] = ()
+) -> Figures:
+    """The throughput and latency rounds; over the half load, the scheduler times of the
+    server processes ``pids`` and the stalls of the servers at ``watched`` (their /metrics)."""
     figures = Figures()
     opener = opener_of(target)
     connector = aiohttp.TCPConnector(limit=0)
@@ -265,9 +277,16 @@ async def measure(target: Target, args: argparse.Namespace) -> Figures:
         pairs = [await opener(http, n) for n in range(args.pairs)]
         await throughput(pairs, 50)  # warm up
         figures.rate = await throughput(pairs, args.messages)
+        before = [await scrape(http, base) for base in watched]
+        cpu_before = {pid: cpu_of(pid) for pid in pids}
+        started = time.perf_counter()
         half = await at_half_load(
             target, pairs[:PROBE_PAIRS], figures.rate / 2, args.pairs, args.latency_s
         )
+        figures.half_s = time.perf_counter() - started
+        figures.cpu = {pid: cpu_of(pid) - was for pid, was in cpu_before.items()}
+        for base, was in zip(watched, before, strict=True):
+            figures.stalls[base] = between(was, await scrape(http, base))
         figures.p50_ms, figures.p99_ms = half.p50_ms, half.p99_ms
         figures.load_rate, figures.load_p99_ms = half.load_rate, half.load_p99_ms
         for caller, host, _ in pairs:
@@ -287,9 +306,10 @@ def cross_node(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
     with (
         tempfile.TemporaryDirectory() as tmp,
         jalwa_server(Path(tmp), JALWA_NODE_ID="bench-a", **shared) as (base_a, pid_a),
-        jalwa_server(Path(tmp), JALWA_NODE_ID="bench-b", **shared) as (base_b, _),
+        jalwa_server(Path(tmp), JALWA_NODE_ID="bench-b", **shared) as (base_b, pid_b),
     ):
-        figures = runner.run(measure(Target("jalwa", base_a, base_b), args))
+        target = Target("jalwa", base_a, base_b)
+        figures = runner.run(measure(target, args, [pid_a, pid_b], (base_a, base_b)))
         figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
             idle_memory(base_a, [pid_a], args.idle, jalwa=True)
         )
@@ -311,8 +331,8 @@ def two_workers(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
         jalwa_server(Path(tmp), "--workers", "2", **stores) as (base, supervisor),
     ):
         time.sleep(1.0)  # both workers listening
-        figures = runner.run(measure(Target("jalwa", base), args))
         workers = pids_of(supervisor)
+        figures = runner.run(measure(Target("jalwa", base), args, workers))
         figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
             idle_memory(base, workers, args.idle, jalwa=True)
         )
@@ -336,13 +356,13 @@ def main() -> None:
     results: dict[str, Figures] = {}
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         with bare_server() as (base, pid):
-            figures = runner.run(measure(Target("bare", base), args))
+            figures = runner.run(measure(Target("bare", base), args, [pid]))
             figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=False)
             )
             results["bare"] = figures
         with tempfile.TemporaryDirectory() as tmp, jalwa_server(Path(tmp)) as (base, pid):
-            figures = runner.run(measure(Target("jalwa", base), args))
+            figures = runner.run(measure(Target("jalwa", base), args, [pid], (base,)))
             figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=True)
             )
@@ -363,6 +383,12 @@ def main() -> None:
             f"| {name} | {f.rate:,.0f} | {f.load_rate:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} "
             f"| {f.load_p99_ms:.2f} | {f.idle_kb:.1f} | {f.idle_cpu:.1f} | {f.accepts:,.0f} |"
         )
+    print("\nOver the half-load round:")
+    for name, f in results.items():
+        for pid, cpu in f.cpu.items():
+            print(f"- {name}, pid {pid}: {cpu.line(f.half_s)}")
+        for node, stalls in enumerate(f.stalls.values()):
+            print(f"- {name}, node {node + 1}: {stalls.line()}")
     for name, f in results.items():
         if name.startswith("jalwa,") or name.startswith("jalwa --"):
             print(

@@ -314,9 +314,12 @@ def _hub_context(
             period = settings.billing.keepalive_s
             keepalive = functools.partial(events.keep_calls_alive, app[LEDGER])
             tasks.append(asyncio.create_task(_every(period, keepalive, "call keepalive")))
+        stalls = app[METRICS].stalls
+        tasks.append(asyncio.create_task(stalls.sample_lag()))
         log.info("hub up: node %s, presence in %s", settings.node_id, type(presence).__name__)
         try:
-            yield
+            with stalls.timing_gc():
+                yield
         finally:
             for task in tasks:
                 task.cancel()

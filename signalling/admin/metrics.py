@@ -25,6 +25,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .stalls import Stalls
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 T = TypeVar("T")
@@ -82,6 +84,7 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=r,
         )
+        self.stalls = Stalls(r)
 
     def read(self, readings: Readings) -> None:
         self.registry.register(_Live(readings, self.relay_latency))

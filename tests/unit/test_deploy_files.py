@@ -59,6 +59,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jalwa_sfu_forwarded_packets_total": ("counter", ()),
     "jalwa_sfu_forwarded_frames_total": ("counter", ()),
     "jalwa_match_wait_seconds": ("histogram", ("mode",)),
+    "jalwa_event_loop_lag_seconds": ("histogram", ()),
+    "jalwa_gc_pause_seconds": ("histogram", ("generation",)),
 }
 # Labels Prometheus adds to every series, and a histogram's bucket bound.
 TARGET_LABELS = frozenset({"instance", "job", "le"})

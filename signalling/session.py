@@ -49,6 +49,7 @@ class Session:
         "status",
         "transport",
         "watching",
+        "write_now",
     )
 
     def __init__(
@@ -98,6 +99,9 @@ class Session:
         # Set by the I/O side: the connection's transport, closed by the event loop the
         # moment the client goes, while the session may still be handling its last frame.
         self.transport: asyncio.BaseTransport | None = None
+        # Set by the I/O side: write a frame to the socket at once if nothing must go
+        # before it (False: it goes through the queue and the writer task as ever).
+        self.write_now: Callable[[bytes], bool] | None = None
 
     @property
     def user_id(self) -> str:
@@ -124,6 +128,17 @@ class Session:
             return
         if self.closing:
             return
+        # Nothing queued (so nothing in the writer's hands): straight to the socket, without
+        # waking the writer task, a task step per frame (docs/benchmarks.md).
+        written = self._queue is None and self.write_now is not None and self.write_now(frame)
+        if not written and not self._enqueue(frame):
+            return
+        if self._counting:
+            self.seq += 1
+            if self._recent_max:
+                self._keep(frame)
+
+    def _enqueue(self, frame: bytes) -> bool:
         # Bounded in frames and in bytes; one frame of any size fits an empty queue, so a
         # large reply still reaches a client that keeps up (§6).
         queue = self._queue
@@ -133,28 +148,25 @@ class Session:
             len(queue) >= self._max or self._queued_bytes + len(frame) > self._max_bytes
         ):
             self.abort("slow consumer")
-            return
+            return False
         queue.append(frame)
         self._queued_bytes += len(frame)
         self._wake()
-        if self._counting:
-            self.seq += 1
-            if self._recent_max:
-                self._keep(frame)
+        return True
 
     def count_from_here(self) -> None:
         """The welcome has been queued: number the frames that follow."""
         self._counting = True
 
     def _keep(self, frame: bytes) -> None:
-        if self._recent is None:
-            self._recent = deque()
-        self._recent.append(frame)
-        self._recent_bytes += len(frame)
-        while len(self._recent) > self._recent_max or (
-            self._recent_bytes > self._recent_max_bytes and len(self._recent) > 1
-        ):
-            self._recent_bytes -= len(self._recent.popleft())
+        recent = self._recent  # (once per relayed frame: locals, not attributes)
+        if recent is None:
+            recent = self._recent = deque()
+        recent.append(frame)
+        size = self._recent_bytes + len(frame)
+        while len(recent) > self._recent_max or (size > self._recent_max_bytes and len(recent) > 1):
+            size -= len(recent.popleft())
+        self._recent_bytes = size
 
     def detach(self, sink: Callable[[bytes], None]) -> tuple[int, list[bytes]]:
         """The connection dropped: later frames go to ``sink`` (numbered on). Returns the

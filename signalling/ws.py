@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
+from collections.abc import Callable
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -19,6 +21,8 @@ from .settings import HubSettings
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 2.0
 UNTIMED_FRAME_BYTES = 16384  # below the transport's high-water mark: cannot block alone
+_SHORT = struct.Struct("!BB").pack
+_MEDIUM = struct.Struct("!BBH").pack
 
 
 def bearer_token(request: web.Request) -> str:
@@ -36,6 +40,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(
         # aiohttp refuses a message of max_msg_size bytes or more; ours is "more than".
         heartbeat=settings.heartbeat_s,
+        # permessage-deflate declined: browsers and OkHttp offer it, and a session that took
+        # it held ~113 KB of zlib state against ~21 KB without (docs/decisions.md). The
+        # frames are small JSON; the only large ones, SDPs, come once per call.
+        compress=False,
         max_msg_size=settings.hard_frame_bytes + 1,
     )
     limiter = request.app[CONNECTIONS]
@@ -92,6 +100,7 @@ async def _serve(
 
     session.on_abort = abort
     session.transport = request.transport
+    session.write_now = _writer_now(ws, request.transport)
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
@@ -120,6 +129,27 @@ def _resume_of(request: web.Request) -> tuple[str, int] | None:
     last = request.query.get("last_seq", "")
     seq = int(last) if last.isascii() and last.isdigit() and len(last) < 12 else -1
     return token[:64], seq
+
+
+def _writer_now(
+    ws: web.WebSocketResponse, transport: asyncio.Transport | None
+) -> Callable[[bytes], bool] | None:
+    """A frame written in the caller's step when the socket has nothing pending and the
+    frame cannot block alone: what the writer task would do next, a task step sooner. Else
+    False, and the frame goes through the queue (and its write deadline)."""
+    if transport is None or ws.compress:
+        return None
+    write, pending, closing = transport.write, transport.get_write_buffer_size, transport.is_closing
+
+    def write_now(frame: bytes) -> bool:
+        size = len(frame)
+        if size > UNTIMED_FRAME_BYTES or pending() or closing() or ws.closed:
+            return False
+        # RFC 6455 §5.2, server to client: FIN + text opcode, unmasked, 7- or 16-bit length.
+        write((_SHORT(0x81, size) if size < 126 else _MEDIUM(0x81, 126, size)) + frame)
+        return True
+
+    return write_now
 
 
 async def _stop(pump: asyncio.Task[None], request: web.Request) -> None:

@@ -236,3 +236,43 @@ async def test_welcome_carries_short_lived_turn_credentials(
         hmac.new(b"t" * 40, relay["username"].encode(), hashlib.sha1).digest()
     ).decode()
     assert relay["credential"] == expected and relay["urls"] == turn["urls"]
+
+
+async def test_compression_offered_is_declined(
+    client: TestClient[Any, Any], token_for: MakeToken
+) -> None:
+    """Browsers offer permessage-deflate; a session that took it held ~113 KB of zlib state
+    (5x the idle budget). The hub declines it and serves the session as usual."""
+    ws = await client.ws_connect(f"/v1/ws?token={token_for('zed', 'caller')}", compress=15)
+    assert "Sec-WebSocket-Extensions" not in ws._response.headers
+    assert ws.compress == 0
+    assert (await recv(ws, "welcome"))["user"]["id"] == "zed"
+    await ws.close()
+
+
+async def test_frames_keep_their_order_when_a_large_one_queues(
+    client: TestClient[Any, Any], token_for: MakeToken
+) -> None:
+    """A frame too large to write at once goes through the writer task; the small ones
+    sent right after it must not overtake it (the write-at-once path is for an empty
+    queue only)."""
+    alice = await connect(client, token_for("alice", "caller"))
+    bob = await connect(client, token_for("bob", "host"))
+    await alice.send_json({"type": "call.invite", "id": "1", "to": "bob"})
+    cid = (await recv(alice, "ack"))["call_id"]
+    await recv(bob, "call.incoming")
+    await bob.send_json({"type": "call.accept", "id": "2", "call_id": cid})
+    await recv(bob, "call.started")
+    sdp = "v=0 " + "a" * 40_000  # over the 16 KB a write may take without a deadline
+    ice = {"type": "rtc.ice", "call_id": cid, "sdp_mid": "0", "sdp_mline_index": 0}
+    for round_ in range(3):
+        await alice.send_json({"type": "rtc.offer", "call_id": cid, "sdp": f"{sdp}{round_}"})
+        for k in range(10):
+            await alice.send_json({**ice, "candidate": f"candidate:{round_}-{k}"})
+    for round_ in range(3):
+        assert (await recv(bob, "rtc.offer"))["sdp"] == f"{sdp}{round_}"
+        for k in range(10):
+            got = await bob.receive_json(timeout=5)
+            assert (got["type"], got["candidate"]) == ("rtc.ice", f"candidate:{round_}-{k}")
+    await alice.close()
+    await bob.close()

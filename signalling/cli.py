@@ -194,6 +194,11 @@ def _supervise(
     return supervisor.run()
 
 
+GC_THRESHOLDS = (50_000, 20, 100)  # generation 0 allocations, then collections of 0 and 1
+TIMEOUT_CEIL_THRESHOLD_S = 3600.0
+STUCK_AFTER_S = 15.0  # past the handlers' shutdown timeout: the store closes have had time
+
+
 async def _run_server(
     app: Any, host: str, port: int, settings: Settings, reuse_port: bool = False
 ) -> None:
@@ -201,7 +206,7 @@ async def _run_server(
     first, see drain.py; a second signal stops the drain)."""
     from aiohttp import web
 
-    from .drain import drain, settle_margin
+    from .drain import drain, log_task_stacks, settle_margin
 
     deadline = settings.hub.drain_deadline_s
     runner = web.AppRunner(
@@ -209,6 +214,10 @@ async def _run_server(
         handle_signals=False,
         shutdown_timeout=min(settings.shutdown_timeout_s, settle_margin(deadline) or 1.0),
         access_log=None,
+        # aiohttp rounds timeouts longer than this up to a whole second: the heartbeats of
+        # all the sessions opened in one second fired in the same loop step (~1,400 pings
+        # at once at 10,000 sessions). Exact times spread them out.
+        timeout_ceil_threshold=TIMEOUT_CEIL_THRESHOLD_S,
     )
     # Bound before any task starts: every task (and so every log line) inherits it.
     structlog.contextvars.bind_contextvars(node=settings.node_id)
@@ -221,6 +230,10 @@ async def _run_server(
         # collector never walks it again. A full collection of it was a ~30 ms stall in the
         # path of every frame (docs/benchmarks.md: +10% relayed msg/s, a steadier p99).
         gc.freeze()
+        # Sessions' objects live minutes to hours and their heartbeats' timers seconds: at
+        # the default thresholds 10,000 idle sessions cost a full collection every ~10 s,
+        # each up to ~1 s with every frame waiting (docs/benchmarks.md, "GC").
+        gc.set_threshold(*GC_THRESHOLDS)
         if settings.env == "development" and settings.hub.demo_page:
             bound = runner.addresses[0]
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -244,7 +257,14 @@ async def _run_server(
             await asyncio.gather(draining, again, return_exceptions=True)
         logging.getLogger("jalwa").info("stopping")
     finally:
-        await runner.cleanup()
+        # A shutdown that should be over says what it is still waiting for, once.
+        stuck = asyncio.get_running_loop().call_later(
+            settings.shutdown_timeout_s + STUCK_AFTER_S, log_task_stacks, "shutdown not over"
+        )
+        try:
+            await runner.cleanup()
+        finally:
+            stuck.cancel()
 
 
 def _loop_factory() -> Any:

@@ -9,6 +9,7 @@ their parties are closed 1012 too. The process exits before ``hub.drain_deadline
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 
@@ -45,3 +46,15 @@ async def drain(app: web.Application, deadline_s: float) -> None:
     await calls.shutdown()  # call.ended (shutdown) to both parties, then their sockets
     for session in list(hub.sessions.values()):
         session.close(CloseCode.SERVICE_RESTART, HINT)
+
+
+def log_task_stacks(why: str) -> int:
+    """Every pending task's stack, in one log line: what a shutdown that does not end is
+    waiting for (a bench's `jalwa serve` once sat idle after SIGTERM, with nothing to say
+    where). Returns how many tasks were pending."""
+    buffer = io.StringIO()
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.print_stack(file=buffer)
+    log.error("%s: %d tasks pending\n%s", why, len(tasks), buffer.getvalue())
+    return len(tasks)

@@ -64,6 +64,7 @@ from tests.wsutil import recv
 JALWA = str(Path(sys.executable).parent / "jalwa")
 CANDIDATE = "candidate:1 1 udp 2122260223 192.0.2.10 54321 typ host"
 ACCEPT_CONCURRENCY = 50  # idle connections opened at once
+IDLE_CPU_S = 15.0  # the idle round's CPU window: more than one heartbeat (10 s)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Figures:
     stalls: dict[str, Stalls] = field(default_factory=dict)  # per server, over the half load
     cpu: dict[int, Cpu] = field(default_factory=dict)  # per server process, over the half load
     half_s: float = 0.0  # how long the half-load round took, the loader's connecting included
+    idle_stalls: Stalls | None = None  # over the idle CPU window (one node only)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,7 +132,13 @@ def jalwa_server(workdir: Path, *args: str, **extra: str) -> Iterator[tuple[str,
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(40)  # SIGTERM drains; a stuck shutdown logs its tasks after ~25 s
+        except subprocess.TimeoutExpired:
+            # Say so and go on: the figures measured so far are not lost with the run.
+            print(f"jalwa serve (pid {proc.pid}) did not exit after SIGTERM: killed", flush=True)
+            proc.kill()
+            proc.wait(10)
 
 
 @contextmanager
@@ -215,8 +223,8 @@ async def throughput(pairs: list[Pair], messages: int) -> float:
 
 
 async def idle_memory(
-    base: str, pids: list[int], idle: int, jalwa: bool, cpu_s: float = 5.0
-) -> tuple[float, float, float]:
+    base: str, pids: list[int], idle: int, jalwa: bool, cpu_s: float = IDLE_CPU_S
+) -> tuple[float, float, float, Stalls | None]:
     """RSS growth of the server processes per idle connection opened, in KB; the CPU they
     burn over ``cpu_s`` seconds with those connections idle, in % of one core; and the
     connections accepted per second while opening them (one after another, each up to its
@@ -251,13 +259,18 @@ async def idle_memory(
         accepts = idle / (time.perf_counter() - opened_at)
         await asyncio.sleep(1.0)
         grown = sum(map(rss, pids)) - before
+        # The collector's and the loop's stalls while they idle (one node's /metrics).
+        metrics_before = await scrape(http, base) if jalwa and len(pids) == 1 else None
         cpu_before = sum(map(cpu_seconds, pids))
         await asyncio.sleep(cpu_s)
         cpu = (sum(map(cpu_seconds, pids)) - cpu_before) / cpu_s * 100
+        stalls = None
+        if metrics_before is not None:
+            stalls = between(metrics_before, await scrape(http, base))
         for ws in sockets:
             await ws.close()
         await asyncio.gather(*readers, return_exceptions=True)
-        return grown / idle / 1024, cpu, accepts
+        return grown / idle / 1024, cpu, accepts, stalls
 
 
 async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -310,7 +323,7 @@ def cross_node(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
     ):
         target = Target("jalwa", base_a, base_b)
         figures = runner.run(measure(target, args, [pid_a, pid_b], (base_a, base_b)))
-        figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
+        figures.idle_kb, figures.idle_cpu, figures.accepts, figures.idle_stalls = runner.run(
             idle_memory(base_a, [pid_a], args.idle, jalwa=True)
         )
     return figures
@@ -333,7 +346,7 @@ def two_workers(runner: asyncio.Runner, args: argparse.Namespace) -> Figures:
         time.sleep(1.0)  # both workers listening
         workers = pids_of(supervisor)
         figures = runner.run(measure(Target("jalwa", base), args, workers))
-        figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
+        figures.idle_kb, figures.idle_cpu, figures.accepts, figures.idle_stalls = runner.run(
             idle_memory(base, workers, args.idle, jalwa=True)
         )
     return figures
@@ -357,13 +370,13 @@ def main() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         with bare_server() as (base, pid):
             figures = runner.run(measure(Target("bare", base), args, [pid]))
-            figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
+            figures.idle_kb, figures.idle_cpu, figures.accepts, figures.idle_stalls = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=False)
             )
             results["bare"] = figures
         with tempfile.TemporaryDirectory() as tmp, jalwa_server(Path(tmp)) as (base, pid):
             figures = runner.run(measure(Target("jalwa", base), args, [pid], (base,)))
-            figures.idle_kb, figures.idle_cpu, figures.accepts = runner.run(
+            figures.idle_kb, figures.idle_cpu, figures.accepts, figures.idle_stalls = runner.run(
                 idle_memory(base, [pid], args.idle, jalwa=True)
             )
             results["jalwa"] = figures
@@ -389,6 +402,10 @@ def main() -> None:
             print(f"- {name}, pid {pid}: {cpu.line(f.half_s)}")
         for node, stalls in enumerate(f.stalls.values()):
             print(f"- {name}, node {node + 1}: {stalls.line()}")
+    print(f"\nWhile {args.idle} connections idle ({IDLE_CPU_S:g} s):")
+    for name, f in results.items():
+        if f.idle_stalls is not None:
+            print(f"- {name}, node 1: {f.idle_stalls.line()}")
     for name, f in results.items():
         if name.startswith("jalwa,") or name.startswith("jalwa --"):
             print(

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Callable
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -100,7 +99,8 @@ async def _serve(
 
     session.on_abort = abort
     session.transport = request.transport
-    session.write_now = _writer_now(ws, request.transport)
+    if request.transport is not None and not ws.compress:
+        session.write_now = _WriteNow(ws, request.transport)
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
@@ -131,25 +131,30 @@ def _resume_of(request: web.Request) -> tuple[str, int] | None:
     return token[:64], seq
 
 
-def _writer_now(
-    ws: web.WebSocketResponse, transport: asyncio.Transport | None
-) -> Callable[[bytes], bool] | None:
-    """A frame written in the caller's step when the socket has nothing pending and the
-    frame cannot block alone: what the writer task would do next, a task step sooner. Else
-    False, and the frame goes through the queue (and its write deadline)."""
-    if transport is None or ws.compress:
-        return None
-    write, pending, closing = transport.write, transport.get_write_buffer_size, transport.is_closing
+class _WriteNow:
+    """``Session.write_now``: a frame written in the caller's step when the socket has
+    nothing pending and the frame cannot block alone, what the writer task would do next, a
+    task step sooner. Else False, and the frame goes through the queue (and its write
+    deadline). An object of two slots, not a closure: one per session (idle memory)."""
 
-    def write_now(frame: bytes) -> bool:
-        size = len(frame)
-        if size > UNTIMED_FRAME_BYTES or pending() or closing() or ws.closed:
+    __slots__ = ("_transport", "_ws")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self._ws = ws
+        self._transport = transport
+
+    def __call__(self, frame: bytes) -> bool:
+        size, transport = len(frame), self._transport
+        if (
+            size > UNTIMED_FRAME_BYTES
+            or transport.get_write_buffer_size()
+            or transport.is_closing()
+            or self._ws.closed
+        ):
             return False
         # RFC 6455 §5.2, server to client: FIN + text opcode, unmasked, 7- or 16-bit length.
-        write((_SHORT(0x81, size) if size < 126 else _MEDIUM(0x81, 126, size)) + frame)
+        transport.write((_SHORT(0x81, size) if size < 126 else _MEDIUM(0x81, 126, size)) + frame)
         return True
-
-    return write_now
 
 
 async def _stop(pump: asyncio.Task[None], request: web.Request) -> None:

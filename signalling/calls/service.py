@@ -28,7 +28,7 @@ from ..auth import Identity, Role, user_info
 from ..clock import Clock
 from ..cluster.bus import EndCall
 from ..errors import CallError
-from ..port import Departure, HubPort, Outcome
+from ..port import DONE, Departure, HubPort, Outcome
 from ..protocol import (
     Ack,
     BillingLowBalance,
@@ -284,7 +284,8 @@ class Calls:
                 if owner is not None:
                     return await self._forwarder.ask(session, owner, msg)
             effects = await op(session.user_id, msg, session.send)
-            return None, [_Run(self, effects)]
+            # (Most frames are rtc.* relays, with no effects: no runner to build and await.)
+            return (None, [_Run(self, effects)]) if effects else DONE
 
         return handle
 

@@ -232,7 +232,8 @@ async def _run_server(
         gc.freeze()
         # Sessions' objects live minutes to hours and their heartbeats' timers seconds: at
         # the default thresholds 10,000 idle sessions cost a full collection every ~10 s,
-        # each up to ~1 s with every frame waiting (docs/benchmarks.md, "GC").
+        # each up to ~1 s with every frame waiting (docs/benchmarks.md, "The collector
+        # at 10,000 sessions").
         gc.set_threshold(*GC_THRESHOLDS)
         if settings.env == "development" and settings.hub.demo_page:
             bound = runner.addresses[0]

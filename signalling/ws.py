@@ -110,6 +110,9 @@ async def _serve(
     finally:
         # Dropped (not closed by us, nor by the client with 1000): resumable (§3.1).
         dropped = not session.closing and ws.close_code != CloseCode.NORMAL
+        # The socket is going: what is left goes through the writer (a parked session must
+        # not keep the socket's objects alive for the resume window either).
+        session.write_now = None
         try:
             await hub.disconnect(session, resumable=dropped)
         finally:

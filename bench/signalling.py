@@ -32,9 +32,11 @@ runs the calls), hosts on node B: every relayed frame crosses Redis pub/sub. Wit
 node; the kernel spreads the connections, so some pairs are split across workers): the
 total throughput of the two.
 
-Printed: each figure for each server and jalwa's ratio to bare. Goals (ANCHORS.md):
->= 50k msg/s and >= 0.65 of the bare relay, p99 <= 10 ms at half load (<= 20 ms across
-nodes), <= 20 KB per idle connection.
+Printed: each figure for each server and jalwa's ratio to bare; then, over the half-load
+round, each server's loop thread on a core and waiting for one (bench/stalls.py), and over
+the half-load and idle rounds jalwa's collections and loop lag from its /metrics.
+Goals (ANCHORS.md): >= 50k msg/s and >= 0.65 of the bare relay, p99 <= 10 ms at half load
+(<= 20 ms across nodes), <= 20 KB per idle connection.
 """
 
 from __future__ import annotations

@@ -134,6 +134,13 @@ def _resume_of(request: web.Request) -> tuple[str, int] | None:
     return token[:64], seq
 
 
+def _may_wait(transport: asyncio.Transport, frame: bytes) -> bool:
+    """Could writing ``frame`` wait for the client to read? Yes if the socket is behind, or
+    the frame alone could fill it. The writer task gives such a write a deadline; a frame
+    written at once must not be one."""
+    return bool(transport.get_write_buffer_size()) or len(frame) > UNTIMED_FRAME_BYTES
+
+
 class _WriteNow:
     """``Session.write_now``: a frame written in the caller's step when the socket has
     nothing pending and the frame cannot block alone, what the writer task would do next, a
@@ -147,14 +154,10 @@ class _WriteNow:
         self._transport = transport
 
     def __call__(self, frame: bytes) -> bool:
-        size, transport = len(frame), self._transport
-        if (
-            size > UNTIMED_FRAME_BYTES
-            or transport.get_write_buffer_size()
-            or transport.is_closing()
-            or self._ws.closed
-        ):
+        transport = self._transport
+        if _may_wait(transport, frame) or transport.is_closing() or self._ws.closed:
             return False
+        size = len(frame)
         # RFC 6455 §5.2, server to client: FIN + text opcode, unmasked, 7- or 16-bit length.
         transport.write((_SHORT(0x81, size) if size < 126 else _MEDIUM(0x81, 126, size)) + frame)
         return True
@@ -185,9 +188,7 @@ async def _pump(
         while session.close_code is None:
             await session.wait()
             while (frame := session.pop()) is not None:
-                if transport is not None and (
-                    transport.get_write_buffer_size() or len(frame) > UNTIMED_FRAME_BYTES
-                ):
+                if transport is not None and _may_wait(transport, frame):
                     # The socket is behind (or the frame alone could fill it): this write
                     # may wait for the client to read, so it gets a deadline.
                     async with asyncio.timeout(send_timeout_s):

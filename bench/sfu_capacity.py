@@ -81,6 +81,7 @@ from av.frame import Frame
 from av.packet import Packet
 
 from bench.loop import loop_factory
+from bench.stalls import cpu_of
 from media.codecs import pinned_codecs
 from media.ice import IcePolicy
 from media.rtp import is_rtcp
@@ -265,12 +266,8 @@ def sample(sfu: Sfu, calls: int) -> ServerSample:
 
 
 def run_queue_wait_s() -> float:
-    """This thread's time waiting on a run queue (/proc/thread-self/schedstat, field 2)."""
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """This thread's time waiting on a run queue (/proc/thread-self/schedstat)."""
+    return cpu_of("thread-self").waiting_s
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ class Cpu:
         )
 
 
-def cpu_of(pid: int) -> Cpu:
-    """The main thread's (the event loop's) scheduler times; zeros off Linux."""
+def cpu_of(pid: int | str) -> Cpu:
+    """The scheduler times of ``pid``'s main thread (a server's event loop), or of the
+    calling thread for ``"thread-self"``; zeros off Linux."""
     try:
         with open(f"/proc/{pid}/schedstat") as f:
             on_cpu, waiting = f.read().split()[:2]

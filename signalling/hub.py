@@ -10,7 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from .auth import Identity, Role, user_info
 from .clock import Clock
@@ -19,7 +19,7 @@ from .cluster.lanes import Lanes
 from .cluster.resume import ResumeStore, missed_frames
 from .errors import JalwaError
 from .parking import Parking
-from .port import ANSWERED, Departure, Handler, Located
+from .port import ANSWERED, Departure, Directory, Handler, Located
 from .protocol import (
     Ack,
     ClientMessage,
@@ -41,14 +41,6 @@ SessionCallback = Callable[[Session], Awaitable[None]]
 LeaveCallback = Callable[[Session, Departure], Awaitable[None]]
 WelcomePart = Callable[[Session, Welcome], Awaitable[Welcome]]
 NodeHandler = Callable[[Any], Awaitable[None] | None]
-
-
-class Directory(Protocol):
-    """Where users are connected: the presence store, as far as routing needs it."""
-
-    node_id: str
-
-    async def get_many(self, user_ids: Iterable[str]) -> Mapping[str, Located]: ...
 
 
 class Hub:
@@ -181,19 +173,9 @@ class Hub:
         self, identity: Identity, *, resume: tuple[str, int] | None = None
     ) -> Session:
         """A new session; ``resume``: (resume token, last seq the client got), §3.1."""
-        hub = self._settings
-        uid = identity.user_id
-        resumable = self._resume is not None
-        session = Session(
-            identity,
-            clock=self._clock,
-            send_queue_max=hub.send_queue_max,
-            send_queue_max_bytes=hub.send_queue_max_bytes,
-            rate_per_s=hub.rate_per_s,
-            rate_burst=hub.rate_burst,
-            resume_frames=hub.resume_buffer_frames if resumable else 0,
-            resume_bytes=hub.resume_buffer_bytes,
-        )
+        uid, resumable = identity.user_id, self._resume is not None
+        session = Session.of_hub(identity, self._clock, self._settings, resumable=resumable)
+        session.joining = True
         replay: list[bytes] | None = None
         if resume is not None and self._resume is not None:
             replay = missed_frames(await self._resume.take(resume[0], uid), resume[1])
@@ -202,16 +184,46 @@ class Hub:
         if parked is not None and self.parking is not None:
             self.parking.drop(parked)  # this session takes over (resumed or not)
             await self._leave(parked, Departure.REPLACED_HERE)
-        elsewhere = (await self._directory.get_many([uid])).get(uid)
-        if elsewhere is not None and elsewhere.node_id != self.node_id:
-            # One live session per user: the older one on the other node closes (4009).
-            close = CloseSession(user_id=uid, session_id=elsewhere.session_id)
-            await self._router.to_node(elsewhere.node_id, close)
         old = self.sessions.get(uid)
-        self.sessions[uid] = session
+        self.sessions[uid] = session  # before the claim: a newer one's close must find it
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a newer session")
             await self._leave(old, Departure.REPLACED_HERE)
+        try:
+            await self._join(session, replay, resume is not None)
+        except Exception:
+            # The store is away: do not keep a session nobody will clean up (ws closes
+            # 1013); the wings undo what the welcome set up (a call back on its timer).
+            if self.sessions.get(uid) is session:
+                del self.sessions[uid]
+                await self._leave(session, Departure.REFUSED)
+            raise
+        if session.closing:  # a newer connect on another node took the user meanwhile
+            if self.sessions.get(uid) is session:
+                del self.sessions[uid]
+                await self._leave(session, Departure.MOVED)
+            return session
+        session.joining = False
+        for callback in self._on_connect:
+            try:
+                await callback(session)
+            except Exception:
+                # What the callback pushes is retried on the next connect; the session stays.
+                self._log.exception("on_connect callback failed for %s", uid)
+        return session
+
+    async def _join(self, session: Session, replay: list[bytes] | None, resuming: bool) -> None:
+        uid, identity = session.user_id, session.identity
+        # One live session per user, claimed in one step (two connects racing on two nodes
+        # both see the other): the one it took over, on another node, closes (4009).
+        sid, role = session.session_id, identity.role.value
+        took = await self._directory.claim(uid, sid, role, identity.name)
+        if session.closing:
+            return
+        if took is not None and took.node_id != self.node_id:
+            close = CloseSession(user_id=uid, session_id=took.session_id)
+            await self._router.to_node(took.node_id, close)
+        hub = self._settings
         welcome = Welcome(
             session_id=session.session_id,
             user=user_info(identity),
@@ -221,33 +233,18 @@ class Hub:
             resume_token=session.resume_token,
             resumed=session.resumed,
         )
-        try:
-            for part in self._welcome_parts:
-                welcome = await part(session, welcome)
-            session.send(welcome)
-            session.count_from_here()
-            for frame in replay or ():
-                session.send_frame(frame)
-            if resume is not None and replay is None:
-                # Said plainly, never silently: what was missed is not all here.
-                message = "could not resume: reload state (calls, chat, wallet)"
-                session.send(Error(code=ErrorCode.RESYNC_REQUIRED, message=message))
-            for joined in self._on_join:
-                await joined(session)
-        except Exception:
-            # The store is away: do not keep a session nobody will clean up (ws closes
-            # 1013); the wings undo what the welcome set up (a call back on its timer).
-            if self.sessions.get(uid) is session:
-                del self.sessions[uid]
-                await self._leave(session, Departure.REFUSED)
-            raise
-        for callback in self._on_connect:
-            try:
-                await callback(session)
-            except Exception:
-                # What the callback pushes is retried on the next connect; the session stays.
-                self._log.exception("on_connect callback failed for %s", uid)
-        return session
+        for part in self._welcome_parts:
+            welcome = await part(session, welcome)
+        session.send(welcome)
+        session.count_from_here()
+        for frame in replay or ():
+            session.send_frame(frame)
+        if resuming and replay is None:
+            # Said plainly, never silently: what was missed is not all here.
+            message = "could not resume: reload state (calls, chat, wallet)"
+            session.send(Error(code=ErrorCode.RESYNC_REQUIRED, message=message))
+        for joined in self._on_join:
+            await joined(session)
 
     async def disconnect(self, session: Session, *, resumable: bool = False) -> None:
         """The connection ended; ``resumable``: it dropped (not closed on purpose), so the
@@ -395,6 +392,9 @@ class Hub:
         session = self.sessions.get(message.user_id)
         if session is not None and session.session_id == message.session_id:
             # The user connected on another node: this session is the older one (§7).
+            if session.joining:  # connect() sees it closed, and has it leave
+                session.close(CloseCode.REPLACED, "replaced by a newer session")
+                return
             del self.sessions[message.user_id]
             session.close(CloseCode.REPLACED, "replaced by a newer session")
             await self._leave(session, Departure.MOVED)

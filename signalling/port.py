@@ -71,6 +71,18 @@ class Located(Protocol):
     def name(self) -> str: ...
 
 
+class Directory(Protocol):
+    """Where users are connected: the presence store, as far as the hub's routing needs it."""
+
+    node_id: str
+
+    async def get_many(self, user_ids: Iterable[str]) -> Mapping[str, Located]: ...
+
+    async def claim(self, user_id: str, session_id: str, role: str, name: str) -> Located | None:
+        """Make this node and session the user's, whoever held them (the newest connect
+        wins); returns the live record it took over, so its session can be closed."""
+
+
 class HubPort(Protocol):
     @property
     def node_id(self) -> str: ...

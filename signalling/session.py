@@ -15,6 +15,7 @@ from .auth import Identity
 from .clock import Clock
 from .protocol import CloseCode, ServerMessage, Status, encode
 from .ratelimit import TokenBucket
+from .settings import HubSettings
 
 
 class Session:
@@ -38,6 +39,7 @@ class Session:
         "close_code",
         "close_reason",
         "identity",
+        "joining",
         "location",
         "on_abort",
         "rate",
@@ -69,6 +71,7 @@ class Session:
         # last ones are kept (bounded) so a resume can give back what the client missed.
         self.resume_token = secrets.token_urlsafe(18) if resume_frames > 0 else None
         self.resumed = False
+        self.joining = False  # hub.connect has not finished with it yet
         self.seq = 0
         self._counting = False
         self._recent: deque[bytes] | None = None  # created at the first frame: idle is cheap
@@ -102,6 +105,22 @@ class Session:
         # Set by the I/O side: write a frame to the socket at once if nothing must go
         # before it (False: it goes through the queue and the writer task as ever).
         self.write_now: Callable[[bytes], bool] | None = None
+
+    @classmethod
+    def of_hub(
+        cls, identity: Identity, clock: Clock, hub: HubSettings, *, resumable: bool
+    ) -> Session:
+        """A session with the hub's limits; ``resumable``: it keeps frames for a resume."""
+        return cls(
+            identity,
+            clock=clock,
+            send_queue_max=hub.send_queue_max,
+            send_queue_max_bytes=hub.send_queue_max_bytes,
+            rate_per_s=hub.rate_per_s,
+            rate_burst=hub.rate_burst,
+            resume_frames=hub.resume_buffer_frames if resumable else 0,
+            resume_bytes=hub.resume_buffer_bytes,
+        )
 
     @property
     def user_id(self) -> str:

@@ -44,7 +44,22 @@ class MemoryPresence:
         now = self._now()
         return expires > now and self._world.nodes.get(rec.node_id, 0.0) > now
 
-    async def set(self, record: PresenceRecord) -> None:
+    async def set(self, record: PresenceRecord) -> bool:
+        entry = self._world.records.get(record.user_id)
+        if entry is not None and entry[0].node_id != self.node_id and self._live(*entry):
+            return False  # a newer connect on another node claimed it
+        self._write(record)
+        return True
+
+    async def claim(
+        self, user_id: str, session_id: str, role: str, name: str
+    ) -> PresenceRecord | None:
+        entry = self._world.records.get(user_id)
+        self._write(PresenceRecord(user_id, "offline", role, name, self.node_id, session_id))
+        mine = entry is not None and entry[0].node_id == self.node_id and entry[1] > self._now()
+        return entry[0] if entry is not None and (mine or self._live(*entry)) else None
+
+    def _write(self, record: PresenceRecord) -> None:
         record = replace(record, node_id=self.node_id)
         now = self._now()
         if self._world.nodes.get(self.node_id, 0.0) <= now:  # a node setting is alive

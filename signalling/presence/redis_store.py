@@ -29,10 +29,17 @@ from redis.commands.core import AsyncScript
 from ..cluster.replies import as_str
 from .store import PresenceRecord
 
+# ARGV[8] '1': a claim (a connect), which takes the record whoever holds it; else a set,
+# which leaves alone a record another live node holds (a newer connect's claim). Returns nil
+# if it wrote nothing, else the live record it replaced (empty if none).
 _SET = """
 local p, uid, node = ARGV[1], ARGV[2], ARGV[3]
 local ttl, node_ttl, status, role = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local old = redis.call('HMGET', KEYS[1], 'node', 'role')
+local old = redis.call('HMGET', KEYS[1], 'node', 'role', 'session', 'status', 'name')
+local live = old[1] and (old[1] == node or redis.call('EXISTS', p .. 'node:' .. old[1]) == 1)
+if live and old[1] ~= node and ARGV[8] ~= '1' then
+  return false
+end
 if old[1] and old[1] ~= node then
   redis.call('SREM', p .. 'nu:' .. old[1], uid)
 end
@@ -40,7 +47,7 @@ if old[2] then
   redis.call('SREM', p .. 'avail:' .. old[2], uid)
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('SADD', KEYS[4], uid)
 redis.call('SADD', KEYS[3], node)
@@ -48,7 +55,10 @@ if status == 'available' then
   redis.call('SADD', p .. 'avail:' .. role, uid)
 end
 redis.call('SET', KEYS[2], '1', 'EX', node_ttl, 'NX')
-return 1
+if live then
+  return {old[1], old[3], old[4], old[2], old[5]}
+end
+return {}
 """
 
 _CLEAR = """
@@ -237,10 +247,26 @@ class RedisPresence:
     def _own_users_key(self) -> str:
         return f"{self._p}nu:{self.node_id}"
 
-    async def set(self, record: PresenceRecord) -> None:
+    async def set(self, record: PresenceRecord) -> bool:
         """Create or replace the user's record as owned by this node (``node_id`` is
-        overwritten), move the user between node and available sets, and mark this node
-        alive if its liveness key is missing."""
+        overwritten) unless another live node holds it; move the user between node and
+        available sets, and mark this node alive if its liveness key is missing."""
+        written, _ = await self._write(record, claim=False)
+        return written
+
+    async def claim(
+        self, user_id: str, session_id: str, role: str, name: str
+    ) -> PresenceRecord | None:
+        """Take the record for this node and session (status offline until the session
+        publishes one); returns the live record replaced, whoever held it."""
+        offline = PresenceRecord(user_id, "offline", role, name, self.node_id, session_id)
+        _, replaced = await self._write(offline, claim=True)
+        return replaced
+
+    async def _write(
+        self, record: PresenceRecord, *, claim: bool
+    ) -> tuple[bool, PresenceRecord | None]:
+        """(written, the live record replaced)"""
         fields: list[str] = [
             "status",
             record.status,
@@ -257,7 +283,7 @@ class RedisPresence:
             fields += ["lat", repr(float(record.lat))]
         if record.lon is not None:
             fields += ["lon", repr(float(record.lon))]
-        await self._set(
+        old = await self._set(
             keys=[
                 self._user_key(record.user_id),
                 self._node_key,
@@ -272,9 +298,14 @@ class RedisPresence:
                 self._node_ttl,
                 record.status,
                 record.role,
+                "1" if claim else "0",
                 *fields,
             ],
         )
+        if not old:
+            return old is not None, None
+        node, session, status, role, name = (as_str(v) for v in old)
+        return True, PresenceRecord(record.user_id, status, role, name, node, session)
 
     async def clear(self, user_id: str, session_id: str) -> bool:
         """Remove the record if it (still exists and) belongs to ``session_id``."""

@@ -9,6 +9,7 @@ starts or ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class Presence:
             # A newer connect of this user overtook ours while we were publishing: its
             # record must be the one that stays, or presence would name a closed session.
             await self.publish(current)
+        elif current is None:
+            # Taken by a newer connect on another node, or banned, meanwhile: what we wrote
+            # after that session's record was gone must not name a closed session.
+            await self.store.clear(session.user_id, session.session_id)
 
     async def _left(self, session: Session, how: Departure) -> None:
         uid = session.user_id
@@ -97,8 +102,14 @@ class Presence:
         if how is Departure.REPLACED_HERE:
             return  # the newer session owns the user's presence
         shown = self._shown.pop(uid, None)
-        if how is not Departure.GONE:
-            return  # moved: the other node owns the record now; refused: none was written
+        if how is Departure.REFUSED:
+            # The store is likely away (the record, not refreshed, runs out by itself).
+            with contextlib.suppress(Exception):
+                if await self.store.clear(uid, session.session_id):
+                    await self._announce(uid, "offline")
+            return
+        # Gone, or moved to another node: which owns the record then, unless this session,
+        # overtaken while it joined, wrote it again after the newer one had left.
         cleared = False
         try:
             cleared = await self.store.clear(uid, session.session_id)
@@ -186,7 +197,7 @@ class Presence:
         ident = session.identity
         # Where a user is stays on this node: only the match pools keep a location, and
         # only while the user is in one (§10).
-        await self.store.set(
+        written = await self.store.set(
             PresenceRecord(
                 user_id=ident.user_id,
                 status=status,
@@ -196,6 +207,8 @@ class Presence:
                 session_id=session.session_id,
             )
         )
+        if not written:
+            return  # a newer connect on another node holds the user: not ours to announce
         if self._shown.get(ident.user_id) != status:
             self._shown[ident.user_id] = status
             await self._announce(ident.user_id, status)

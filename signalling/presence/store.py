@@ -8,6 +8,9 @@ one. One contract suite
 Semantics both adapters keep:
 - a record is owned by (node, session); ``clear`` only removes the caller's own session's
   record, so a replaced session's late cleanup cannot wipe the newer one;
+- a connect ``claim``s the record in one step, whoever holds it (the newest connect wins,
+  and learns whose session to close); ``set`` never overwrites a record another live node
+  holds, so an overtaken session's late publish cannot take the user back;
 - a record is live while its TTL has not run out AND its node's liveness key exists:
   a node that stops beating takes its users offline at once for readers, and
   ``sweep`` removes what a dead node left behind;
@@ -24,7 +27,7 @@ from typing import Protocol
 @dataclass(frozen=True, slots=True)
 class PresenceRecord:
     user_id: str
-    status: str  # available | busy | away
+    status: str  # available | busy | away, or offline (parked, or claimed and not joined)
     role: str
     name: str
     node_id: str
@@ -36,8 +39,15 @@ class PresenceRecord:
 class PresenceStore(Protocol):
     node_id: str
 
-    async def set(self, record: PresenceRecord) -> None:
-        """Create or replace the user's record (this node, this session)."""
+    async def set(self, record: PresenceRecord) -> bool:
+        """Create or replace the user's record (this node, this session) unless another
+        live node holds it; True if written."""
+
+    async def claim(
+        self, user_id: str, session_id: str, role: str, name: str
+    ) -> PresenceRecord | None:
+        """Make the record this node's and this session's (status offline until the
+        session publishes one), whoever held it; returns the live record it replaced."""
 
     async def clear(self, user_id: str, session_id: str) -> bool:
         """Remove the record if it still belongs to ``session_id``; True if removed."""

@@ -347,7 +347,8 @@ async def test_sweep_removes_dead_nodes_users_only(world: World) -> None:
     await a.set(rec("u2", status="busy"))
     await a.set(rec("m", session="m-on-a"))
     await b.set(rec("w"))
-    await b.set(rec("m", session="m-on-b"))  # m reconnected to B
+    await b.claim("m", "m-on-b", "host", "name-m")  # m reconnected to B
+    await b.set(rec("m", session="m-on-b"))
     await world.advance(0.6)
     await b.beat(["w", "m"])
     await world.advance(0.7)  # A silent for 1.3 s: dead; B beat 0.7 s ago: alive
@@ -382,7 +383,9 @@ async def test_retire_removes_own_users_only(world: World) -> None:
 async def test_reconnect_to_another_node(world: World) -> None:
     a, b = world.node("A"), world.node("B")
     await a.set(rec("u", session="s1"))
-    await b.set(rec("u", session="s2", status="busy"))
+    took = await b.claim("u", "s2", "host", "name-u")
+    assert took is not None and (took.node_id, took.session_id) == ("A", "s1")
+    assert await b.set(rec("u", session="s2", status="busy")) is True
 
     got = (await a.get_many(["u"]))["u"]
     assert (got.node_id, got.session_id, got.status) == ("B", "s2", "busy")
@@ -396,6 +399,53 @@ async def test_reconnect_to_another_node(world: World) -> None:
     assert await b.available("host", 10) == ["u"]
     assert await b.clear("u", "s2") is True
     assert await b.get_many(["u"]) == {}
+
+
+async def test_claim_takes_the_user_and_the_overtaken_nodes_set_is_refused(
+    world: World,
+) -> None:
+    a, b = world.node("A"), world.node("B")
+    assert await a.claim("u", "s1", "host", "Asha") is None  # nobody held it
+    claimed = (await b.get_many(["u"]))["u"]
+    assert (claimed.node_id, claimed.session_id, claimed.status) == ("A", "s1", "offline")
+    assert await a.available("host", 10) == []  # claimed, not yet joined: never matched
+
+    took = await b.claim("u", "s2", "host", "Asha")  # the same user connects on B
+    assert took is not None
+    assert (took.node_id, took.session_id, took.status) == ("A", "s1", "offline")
+    # A's session, overtaken while it was joining, publishes late: B keeps the user.
+    assert await a.set(rec("u", session="s1")) is False
+    got = (await a.get_many(["u"]))["u"]
+    assert (got.node_id, got.session_id, got.status) == ("B", "s2", "offline")
+    assert await a.available("host", 10) == []
+    assert await a.clear("u", "s1") is False
+
+    assert await b.set(rec("u", session="s2")) is True
+    assert await b.available("host", 10) == ["u"]
+    # A connect back on A takes it again; a set on the node that holds it is never refused.
+    took = await a.claim("u", "s3", "host", "Asha")
+    assert took is not None and (took.node_id, took.session_id) == ("B", "s2")
+    assert await a.available("host", 10) == []
+    assert await a.set(rec("u", session="s3")) is True
+    assert await a.set(rec("u", session="s4")) is True  # (the hub orders its own sessions)
+
+
+async def test_a_dead_nodes_record_is_neither_returned_by_claim_nor_blocks_set(
+    world: World,
+) -> None:
+    a, b = world.node("A"), world.node("B")
+    await a.set(rec("u", session="s1"))
+    await a.set(rec("v", session="s1"))
+    await world.advance(0.6)
+    await b.beat([])
+    await world.advance(0.7)  # A silent 1.3 s: dead; its records have not run out
+    assert await b.claim("u", "s2", "host", "name-u") is None
+    assert await b.set(rec("v", session="s9")) is True
+    got = await b.get_many(["u", "v"])
+    assert {uid: (r.node_id, r.session_id) for uid, r in got.items()} == {
+        "u": ("B", "s2"),
+        "v": ("B", "s9"),
+    }
 
 
 async def test_set_on_a_silent_node_marks_it_alive(world: World) -> None:
@@ -450,6 +500,7 @@ async def test_redis_key_layout_and_housekeeping(redis_world: RedisTestWorld) ->
     assert await r.smembers(p + "avail:host") == {b"u"}
 
     # Moving to another node, status and role updates every index.
+    await b.claim("u", "s2", "caller", "name-u")
     await b.set(rec("u", status="busy", role="caller", session="s2"))
     assert await r.smembers(p + "nodes") == {b"A", b"B"}
     assert await r.smembers(p + "nu:A") == set()

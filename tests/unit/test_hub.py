@@ -378,14 +378,16 @@ async def test_broken_billing_hook_ends_the_call_not_the_session(env: Env) -> No
     assert env.calls.book.call_of("alice") is None and not bob.closing
 
 
-async def test_connect_with_store_down_leaves_no_session(env: Env) -> None:
+@pytest.mark.parametrize("step", ["claim", "set"])
+async def test_connect_with_store_down_leaves_no_session(env: Env, step: str) -> None:
     async def broken(*_: object) -> None:
         raise ConnectionError("redis went away")
 
-    env.presence.set = broken  # type: ignore[method-assign,assignment]
+    setattr(env.presence, step, broken)  # the claim, or the publish after the welcome
     with pytest.raises(ConnectionError):
         await env.hub.connect(ALICE)
     assert "alice" not in env.hub.sessions
+    assert await env.presence.get_many(["alice"]) == {}  # nor a claimed record
 
 
 async def test_reconnect_hitting_a_store_failure_keeps_the_grace_timer(env: Env) -> None:
@@ -429,12 +431,12 @@ async def test_two_racing_connects_leave_the_newer_sessions_record() -> None:
     first_may_finish = asyncio.Event()
     calls = 0
 
-    async def slow_first(record: PresenceRecord) -> None:
+    async def slow_first(record: PresenceRecord) -> bool:
         nonlocal calls
         calls += 1
         if calls == 1:  # the first connect's write lands last
             await first_may_finish.wait()
-        await real_set(record)
+        return await real_set(record)
 
     env.presence.set = slow_first  # type: ignore[method-assign]
     first = asyncio.create_task(env.hub.connect(ALICE))

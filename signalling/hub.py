@@ -33,6 +33,7 @@ from .protocol import (
     decode,
     encode,
     peek_id,
+    utf8_over,
 )
 from .session import Session
 from .settings import HubSettings
@@ -118,7 +119,8 @@ class Hub:
         self._node_handlers[kind] = handler
 
     def session_of(self, user_id: str) -> Session | None:
-        return self.sessions.get(user_id)
+        session = self.sessions.get(user_id)  # (one closed while it joined is on its way out)
+        return None if session is None or session.closing else session
 
     def local_users(self) -> Iterable[str]:
         parked = self.parking.sessions if self.parking is not None else {}
@@ -129,7 +131,7 @@ class Hub:
 
     def _target(self, user_id: str) -> Session | None:
         """The session frames for the user go to: connected, or parked for a resume."""
-        return self.sessions.get(user_id) or self.parked(user_id)
+        return self.session_of(user_id) or self.parked(user_id)
 
     def deliver(self, user_id: str, message: ServerMessage) -> bool:
         if (session := self._target(user_id)) is not None:
@@ -213,21 +215,21 @@ class Hub:
         return session
 
     async def _join(self, session: Session, replay: list[bytes] | None, resuming: bool) -> None:
-        uid, identity = session.user_id, session.identity
-        # One live session per user, claimed in one step (two connects racing on two nodes
-        # both see the other): the one it took over, on another node, closes (4009).
-        sid, role = session.session_id, identity.role.value
-        took = await self._directory.claim(uid, sid, role, identity.name)
-        if session.closing:
+        uid, identity, sid = session.user_id, session.identity, session.session_id
+        if session.closing:  # replaced here already (while the older one left)
             return
+        # One live session per user, claimed in one step (two connects racing on two nodes
+        # both see the other); the one it took over, on another node, closes (4009).
+        took = await self._directory.claim(uid, sid, identity.role.value, identity.name)
         if took is not None and took.node_id != self.node_id:
             close = CloseSession(user_id=uid, session_id=took.session_id)
-            await self._router.to_node(took.node_id, close)
-        hub = self._settings
+            await self._router.to_node(took.node_id, close)  # (even if this one is overtaken)
+        if session.closing:
+            return
         welcome = Welcome(
-            session_id=session.session_id,
+            session_id=sid,
             user=user_info(identity),
-            heartbeat_s=hub.heartbeat_s,
+            heartbeat_s=self._settings.heartbeat_s,
             ice_servers=self._ice_servers(uid),
             media="p2p",
             resume_token=session.resume_token,
@@ -235,6 +237,8 @@ class Hub:
         )
         for part in self._welcome_parts:
             welcome = await part(session, welcome)
+        if session.closing:  # overtaken meanwhile: no welcome, nothing joins
+            return
         session.send(welcome)
         session.count_from_here()
         for frame in replay or ():
@@ -309,11 +313,7 @@ class Hub:
             self._error(session, ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames", rid)
             return
         limit = self._settings.max_frame_bytes
-        # The cap is in UTF-8 bytes; a str has at most 4 per character, so most frames are
-        # measured without encoding them.
-        if len(frame) > limit or (
-            len(frame) * 4 > limit and len(frame.encode("utf-8", "surrogatepass")) > limit
-        ):
+        if utf8_over(frame, limit):
             rid = peek_id(frame)
             self._error(session, ErrorCode.FRAME_TOO_LARGE, f"frame over {limit} bytes", rid)
             return

@@ -143,6 +143,11 @@ class Parties:
                 await self._port.to_node(moved.node, note)
             return
         if moved.node:
+            # A session the user has already left behind (a newer connect claimed them in
+            # presence) must not take the call back: its note may come after the newer one's.
+            now = (await self._port.locate([uid])).get(uid)
+            if now is not None and (now.node_id, now.session_id) != (moved.node, moved.session_id):
+                return
             self._where[uid] = (moved.node, moved.session_id)
             self._book.party_back(uid)
         elif self.is_current(uid, moved.session_id) and not self._book.is_lost(uid):
@@ -154,7 +159,7 @@ class Parties:
         """The user's call owned by another node, if any; that node hears they are here."""
         uid = session.user_id
         entry = (await self.directory.of_users([uid])).get(uid)
-        if entry is None or entry.owner == self.node:
+        if entry is None or entry.owner == self.node or session.closing:
             return None
         self._remote[uid] = entry
         back = PartyMoved(

@@ -175,6 +175,8 @@ class Calls:
     async def _welcome(self, session: Session, welcome: Welcome) -> Welcome:
         # The user is back: their call (if any) stops waiting for them (§3, §5.4).
         uid = session.user_id
+        if session.closing:
+            return welcome  # overtaken by a newer connect: that one carries the call on
         call = self.book.party_back(uid)
         if call is not None:
             self.parties.joined(uid, (self._port.node_id, session.session_id))
@@ -267,7 +269,7 @@ class Calls:
         if pending is not None:  # disconnected but within the grace period
             return pending.party(user_id), "busy", ("", "")
         record = (await self._port.locate([user_id])).get(user_id)
-        if record is None:
+        if record is None or record.status == "offline":  # (or parked, or still joining)
             entry = (await self.directory.of_users([user_id])).get(user_id)
             if entry is not None:  # between connections, in a call another node runs
                 return entry.party(user_id).identity(), "busy", ("", "")

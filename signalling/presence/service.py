@@ -139,8 +139,8 @@ class Presence:
         """Publish the user's status again (a call started or ended); never raises."""
         session = self._port.session_of(user_id)
         parked = self._port.parked(user_id) if session is None else None
-        if session is None and parked is None:
-            return
+        if (session is None or session.joining) and parked is None:
+            return  # (a joining one publishes once it has joined)
         try:
             if parked is not None:
                 await self.publish(parked, status=self._parked_status(user_id))

@@ -52,6 +52,7 @@ from .codec import (
     decode,
     encode,
     peek_id,
+    utf8_over,
 )
 from .codes import (
     TRY_AGAIN_LATER,
@@ -182,4 +183,5 @@ __all__ = [
     "encode",
     "peek_id",
     "shown_status",
+    "utf8_over",
 ]

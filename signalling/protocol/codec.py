@@ -124,6 +124,14 @@ def _scan_id(text: str) -> str | None:
     return None
 
 
+def utf8_over(frame: str, limit: int) -> bool:
+    """Is the frame over ``limit`` UTF-8 bytes? A str has at most 4 per character, so most
+    frames are measured without encoding them."""
+    return len(frame) > limit or (
+        len(frame) * 4 > limit and len(frame.encode("utf-8", "surrogatepass")) > limit
+    )
+
+
 def peek_id(frame: bytes | str) -> str | None:
     """The ``id`` of a frame that will not be handled (e.g. over the rate limit), if readable."""
     try:

@@ -8,25 +8,29 @@ on the other; tests/integration/test_connect_race.py races real ones on Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
 
 from signalling.app import assemble
 from signalling.auth import Identity, Role
+from signalling.calls.directory import CallEntry, MemoryCallDirectory
 from signalling.calls.hooks import FreeCalls
+from signalling.calls.service import Calls as CallsWing
 from signalling.clock import ManualClock
 from signalling.cluster.bus import NodeMessage
 from signalling.hub import Hub
+from signalling.port import Departure
 from signalling.presence.memory import MemoryPresence, MemoryWorld
 from signalling.presence.store import PresenceRecord
 from signalling.protocol import CloseCode, Welcome
 from signalling.session import Session
 from signalling.settings import HubSettings
 
-ALICE = Identity("alice", Role.HOST, "Alice")
-BOB = Identity("bob", Role.CALLER, "Bob")
+ALICE = Identity("alice", Role.CALLER, "Alice")
+BOB = Identity("bob", Role.HOST, "Bob")
 Inbox = Callable[[NodeMessage], Awaitable[None]]
 
 
@@ -66,13 +70,21 @@ class Nodes:
         self.wire = Wire()
         self.stores: dict[str, MemoryPresence] = {}
         self.hubs: dict[str, Hub] = {}
+        self.calls: dict[str, CallsWing] = {}
+        self.directory = MemoryCallDirectory(self.clock, ttl_s=math.inf)
         for node in ("n1", "n2"):
             store = MemoryPresence(self.world, node, ttl_s=15, node_ttl_s=10)
             router = self.wire.router(node)
             wings = assemble(
-                HubSettings(), store, clock=self.clock, hooks=FreeCalls(), router=router
+                HubSettings(),
+                store,
+                self.directory,
+                clock=self.clock,
+                hooks=FreeCalls(),
+                router=router,
             )
             self.stores[node], self.hubs[node] = store, wings.hub
+            self.calls[node] = wings.calls
 
     async def start(self) -> None:
         for hub in self.hubs.values():
@@ -181,3 +193,75 @@ async def test_an_overtaken_connect_that_writes_after_the_newer_one_left_leaves_
     assert older.close_code is CloseCode.REPLACED
     assert nodes.record("alice") is None
     assert nodes.hubs["n1"].sessions == {} and nodes.hubs["n2"].sessions == {}
+
+
+async def test_a_connect_replaced_here_before_its_claim_never_claims() -> None:
+    """S1 waits while the session it replaced leaves (a wing's cleanup on the store); S2
+    replaces S1 and joins meanwhile. S1's claim, late, would make S2 look offline."""
+    nodes = Nodes()
+    hub = nodes.hubs["n1"]
+    gate, leaving = asyncio.Event(), asyncio.Event()
+    armed = True
+
+    async def slow_leave(session: Session, how: Departure) -> None:
+        nonlocal armed
+        if armed and how is Departure.REPLACED_HERE:
+            armed = False
+            leaving.set()
+            await gate.wait()
+
+    hub.on_leave(slow_leave)
+    await hub.connect(ALICE)
+    first = asyncio.create_task(hub.connect(ALICE))  # waits in the old session's leave
+    await leaving.wait()
+    newest = await hub.connect(ALICE)
+    gate.set()
+    overtaken = await first
+
+    assert overtaken.close_code is CloseCode.REPLACED
+    assert hub.sessions["alice"] is newest
+    record = nodes.record("alice")
+    assert record is not None
+    assert (record.session_id, record.status) == (newest.session_id, "available")
+
+
+async def test_a_late_note_of_an_overtaken_session_does_not_take_the_call_back() -> None:
+    """Alice's call runs on n2 and waits for her (she dropped). She reconnects on n1, whose
+    welcome is slow to look the call up, and meanwhile on n2. n1's session must neither
+    tell n2 "she is here" after n2's own session did, nor then "she left": the call would
+    wait for a user who is connected, and end as peer_lost."""
+    nodes = Nodes()
+    await nodes.start()
+    n2 = nodes.hubs["n2"]
+    bob, alice = await n2.connect(BOB), await n2.connect(ALICE)
+    await n2.handle_frame(alice, '{"type": "call.invite", "id": "1", "to": "bob"}')
+    call_id = frames(alice)[-1]["call_id"]
+    await n2.handle_frame(bob, f'{{"type": "call.accept", "call_id": "{call_id}"}}')
+    await n2.disconnect(alice)  # dropped: the call waits out the grace period
+    assert nodes.calls["n2"].book.is_lost("alice")
+
+    real_of_users = nodes.directory.of_users
+    looking, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow_once(user_ids: Iterable[str]) -> dict[str, CallEntry]:
+        if not looking.is_set():
+            looking.set()
+            await gate.wait()
+        return await real_of_users(user_ids)
+
+    nodes.directory.of_users = slow_once  # type: ignore[method-assign]
+    first = asyncio.create_task(nodes.hubs["n1"].connect(ALICE))
+    await looking.wait()  # n1's session is in its welcome, looking the call up
+    again = await n2.connect(ALICE)
+    await settle()
+    gate.set()
+    await first
+    await settle()
+
+    book = nodes.calls["n2"].book
+    assert not book.is_lost("alice")
+    nodes.clock.advance(20)  # past the grace period
+    await nodes.calls["n2"].tick()
+    assert book.get(call_id) is not None
+    assert [f["type"] for f in frames(bob) if f["type"] == "call.ended"] == []
+    assert "call.ended" not in [f["type"] for f in frames(again)]

@@ -28,13 +28,11 @@ class Session:
         "_max_bytes",
         "_queue",
         "_queued_bytes",
-        "_ready",
         "_recent",
         "_recent_bytes",
         "_recent_max",
         "_recent_max_bytes",
         "_sink",
-        "_waiter",
         "aborted",
         "close_code",
         "close_reason",
@@ -42,6 +40,7 @@ class Session:
         "joining",
         "location",
         "on_abort",
+        "on_ready",
         "rate",
         "rate_strikes",
         "resume_token",
@@ -92,8 +91,9 @@ class Session:
         self._queued_bytes = 0
         self._max = send_queue_max
         self._max_bytes = send_queue_max_bytes
-        self._ready = False  # a frame or a close for the writer (what wait() waits for)
-        self._waiter: asyncio.Future[None] | None = None
+        # Set by the I/O side: called when there is a frame to write or a close to send (it
+        # starts its writer, which ends once all is sent: an idle session has none).
+        self.on_ready: Callable[[], None] | None = None
         # True once the session was dropped for not reading: the I/O side then drops the
         # connection without a closing handshake the client would never read.
         self.aborted = False
@@ -220,24 +220,20 @@ class Session:
         self._wake()
 
     def _wake(self) -> None:
-        self._ready = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def take(self) -> list[bytes]:
         frames = list(self._queue or ())
         self._queue = None
         self._queued_bytes = 0
-        self._ready = False
         return frames
 
     def pop(self) -> bytes | None:
-        """The next frame to write, or None (and wait() blocks again) when all are sent.
-        A frame leaves the byte count when the writer takes it: at most one is in flight."""
+        """The next frame to write, or None when all are sent. A frame leaves the byte
+        count when the writer takes it: at most one is in flight."""
         if not self._queue:
             self._queue = None  # drained: an idle session holds no deque
-            self._ready = False
             return None
         frame = self._queue.popleft()
         self._queued_bytes -= len(frame)
@@ -246,13 +242,3 @@ class Session:
     @property
     def queued_bytes(self) -> int:
         return self._queued_bytes
-
-    async def wait(self) -> None:
-        """Until there is a frame to write or a close to send."""
-        if self._ready:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None

@@ -91,13 +91,9 @@ async def _serve(
             # Banned while this session joined: the ban's eviction may have come too early.
             await hub.evict(identity.user_id, "banned")
     log.debug("session opened", extra={"session_id": session.session_id})
-    pump = asyncio.create_task(_pump(session, ws, request, settings.send_timeout_s))
-
-    def abort() -> None:
-        # A consumer too slow to drain its queue may have the pump stuck in a socket write.
-        pump.cancel()
-
-    session.on_abort = abort
+    writer = _Writer(session, ws, request, settings.send_timeout_s)
+    session.on_ready, session.on_abort = writer.wake, writer.cancel
+    writer.wake()  # the welcome (and a resume's replay) are queued
     session.transport = request.transport
     if request.transport is not None and not ws.compress:
         session.write_now = _WriteNow(ws, request.transport)
@@ -118,7 +114,8 @@ async def _serve(
         finally:
             # Even if the store failed during disconnect: stop the writer, free the socket.
             session.close(CloseCode.NORMAL, "")
-            await _stop(pump, request)
+            await _stop(writer.task, request)
+            session.on_ready = session.on_abort = None  # (a parked session keeps no socket)
             log.debug("session closed", extra={"code": ws.close_code})
     return ws
 
@@ -163,9 +160,11 @@ class _WriteNow:
         return True
 
 
-async def _stop(pump: asyncio.Task[None], request: web.Request) -> None:
+async def _stop(pump: asyncio.Task[None] | None, request: web.Request) -> None:
     """Let the writer send what is queued and close; one stuck on a client that reads
     nothing (the ping failed, aiohttp closed gracefully into full buffers) is cut."""
+    if pump is None:
+        return
     done, _ = await asyncio.wait({pump}, timeout=CLOSE_TIMEOUT_S + 1)
     if not done:
         pump.cancel()
@@ -175,34 +174,63 @@ async def _stop(pump: asyncio.Task[None], request: web.Request) -> None:
         await pump
 
 
-async def _pump(
-    session: Session, ws: web.WebSocketResponse, request: web.Request, send_timeout_s: float
-) -> None:
-    """Send queued frames; close the socket with the session's code when it asks to.
+class _Writer:
+    """The session's writer task: started when the session has a frame to write or a close
+    to send (``Session.on_ready``), ended once all is sent, so an idle session has no task
+    (about 1 KB each, idle memory); after the close it is not started again.
 
     A client that stops reading fills the socket's buffers until a write blocks: if no
     frame goes out for ``send_timeout_s`` while frames wait, the client is dropped like a
     lost connection (its calls wait for it, it shows offline), and the queue with it."""
-    transport = request.transport
-    try:
-        while session.close_code is None:
-            await session.wait()
+
+    __slots__ = ("_closed", "_request", "_session", "_timeout_s", "_ws", "task")
+
+    def __init__(
+        self,
+        session: Session,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        send_timeout_s: float,
+    ) -> None:
+        self._session, self._ws, self._request = session, ws, request
+        self._timeout_s = send_timeout_s
+        self._closed = False
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        task = self.task
+        if (task is None or task.done()) and not self._closed:
+            self.task = asyncio.create_task(self._run())
+
+    def cancel(self) -> None:
+        # A consumer too slow to drain its queue may have the writer stuck in a socket write.
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        session, ws = self._session, self._ws
+        transport = self._request.transport
+        closing = True  # unless all was sent with no close asked for
+        try:
             while (frame := session.pop()) is not None:
                 if transport is not None and _may_wait(transport, frame):
                     # The socket is behind (or the frame alone could fill it): this write
                     # may wait for the client to read, so it gets a deadline.
-                    async with asyncio.timeout(send_timeout_s):
+                    async with asyncio.timeout(self._timeout_s):
                         await ws.send_frame(frame, WSMsgType.TEXT)
                 else:
                     # Nothing is pending: the write goes straight to the kernel. No timer on
                     # the hot path.
                     await ws.send_frame(frame, WSMsgType.TEXT)
-    except TimeoutError:
-        session.abort(f"not reading: no frame taken for {send_timeout_s:g} s")
-    except ConnectionError:
-        pass
-    finally:
-        await _close(session, ws, request)
+            closing = session.close_code is not None
+        except TimeoutError:
+            session.abort(f"not reading: no frame taken for {self._timeout_s:g} s")
+        except ConnectionError:
+            pass
+        finally:
+            if closing:
+                self._closed = True
+                await _close(session, ws, self._request)
 
 
 async def _close(session: Session, ws: web.WebSocketResponse, request: web.Request) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -15,9 +16,11 @@ from aiohttp.test_utils import TestClient
 
 from signalling.app import create_app
 from signalling.calls.hooks import FreeCalls
+from signalling.keys import HUB
+from signalling.protocol import CloseCode
 from signalling.settings import Settings
 from tests.conftest import MakeSettings, MakeToken
-from tests.wsutil import connect, recv
+from tests.wsutil import connect, recv, until
 
 AiohttpClient = Any
 
@@ -276,3 +279,37 @@ async def test_frames_keep_their_order_when_a_large_one_queues(
             assert (got["type"], got["candidate"]) == ("rtc.ice", f"candidate:{round_}-{k}")
     await alice.close()
     await bob.close()
+
+
+def _writers() -> list[asyncio.Task[Any]]:
+    """The server's writer tasks alive (server and clients share the test's loop)."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "_Writer._run" and not t.done()
+    ]
+
+
+async def test_an_idle_session_holds_no_writer_task(
+    client: TestClient[Any, Any], token_for: MakeToken
+) -> None:
+    """The writer runs only while a session has something queued (idle memory): after the
+    welcome, after a frame too large to write at once, and never after the close."""
+    sockets = [await connect(client, token_for(f"idle{n}", "host")) for n in range(20)]
+    await until(lambda: not _writers(), 2.0, "the writers to end after the welcomes")
+    alice = await connect(client, token_for("alice", "caller"))
+    await alice.send_json({"type": "presence.watch", "id": "w", "user_ids": ["idle0"]})
+    await recv(alice, "ack")
+    session = client.app[HUB].sessions["alice"]
+    session.send_frame(b'{"type":"big","x":"' + b"y" * 40_000 + b'"}')  # queues
+    assert len(_writers()) == 1
+    assert (await alice.receive_json(timeout=5))["type"] == "big"
+    await until(lambda: not _writers(), 2.0, "the writer to end once all was sent")
+    await sockets[0].send_json({"type": "presence.update", "id": "u", "status": "away"})
+    assert (await recv(alice, "presence.changed"))["status"] == "away"  # written at once
+    session.close(CloseCode.REPLACED, "replaced by a newer session")
+    msg = await alice.receive(timeout=5)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, CloseCode.REPLACED)
+    await until(lambda: not _writers(), 2.0, "the writer to end after the close")
+    for ws in sockets:
+        await ws.close()

@@ -231,6 +231,8 @@ class _Writer:
             if closing:
                 self._closed = True
                 await _close(session, ws, self._request)
+            else:
+                self.task = None  # (a finished task is ~0.3 KB an idle session need not keep)
 
 
 async def _close(session: Session, ws: web.WebSocketResponse, request: web.Request) -> None:

@@ -92,17 +92,19 @@ class MemoryPresence:
                     break
         return out
 
-    async def beat(self, user_ids: Iterable[str]) -> list[str]:
+    async def beat(self, user_ids: Iterable[str]) -> tuple[list[str], list[str]]:
         now = self._now()
         self._world.nodes[self.node_id] = now + self._node_ttl
-        missing = []
+        missing, elsewhere = [], []
         for uid in user_ids:
             entry = self._world.records.get(uid)
-            if entry is None or entry[1] <= now:
-                missing.append(uid)
-            elif entry[0].node_id == self.node_id:
+            if entry is not None and entry[0].node_id == self.node_id and entry[1] > now:
                 self._world.records[uid] = (entry[0], now + self._ttl)
-        return missing
+            elif entry is not None and self._live(*entry):
+                elsewhere.append(uid)
+            else:
+                missing.append(uid)
+        return missing, elsewhere
 
     async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
         now = self._now()

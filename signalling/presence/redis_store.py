@@ -130,22 +130,25 @@ until cursor == '0'
 return out
 """
 
-# Returns the given users that have no record at all (lost with a Redis restart, or run
-# out): the caller publishes them again. A record another node owns is left alone.
+# Returns {the given users with no record (lost with a Redis restart, or run out) or one a
+# dead node left: the caller publishes them again; those whose record another live node
+# holds: a newer connect there claimed them}.
 _BEAT = """
 local p, node, node_ttl, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 redis.call('SET', KEYS[1], '1', 'EX', node_ttl)
-local missing = {}
+local missing, elsewhere = {}, {}
 for i = 5, #ARGV do
   local k = p .. 'u:' .. ARGV[i]
   local owner = redis.call('HGET', k, 'node')
   if owner == node then
     redis.call('EXPIRE', k, ttl)
-  elseif not owner then
+  elseif owner and redis.call('EXISTS', p .. 'node:' .. owner) == 1 then
+    elsewhere[#elsewhere + 1] = ARGV[i]
+  else
     missing[#missing + 1] = ARGV[i]
   end
 end
-return missing
+return {missing, elsewhere}
 """
 
 # Returns {removed uids, next cursor over this node's own user set}.
@@ -342,15 +345,15 @@ class RedisPresence:
         uids = await self._available(keys=[f"{self._p}avail:{role}"], args=[self._p, role, limit])
         return [as_str(u) for u in uids]
 
-    async def beat(self, user_ids: Iterable[str]) -> list[str]:
+    async def beat(self, user_ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """Set this node's liveness key and refresh the TTL of those of ``user_ids`` whose
-        record this node still owns; one script call for the whole batch. Returns those
-        with no record at all (see PresenceStore.beat)."""
-        missing = await self._beat(
+        record this node still owns; one script call for the whole batch. Returns the
+        others (see PresenceStore.beat)."""
+        missing, elsewhere = await self._beat(
             keys=[self._node_key],
             args=[self._p, self.node_id, self._node_ttl, self._ttl, *user_ids],
         )
-        return [as_str(uid) for uid in missing]
+        return [as_str(uid) for uid in missing], [as_str(uid) for uid in elsewhere]
 
     async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
         """One EXISTS per node, in one round trip."""

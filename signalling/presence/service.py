@@ -19,6 +19,7 @@ from ..errors import JalwaError
 from ..port import DONE, Departure, HubPort, Outcome
 from ..protocol import (
     Ack,
+    CloseCode,
     ErrorCode,
     PresenceChanged,
     PresenceUnwatch,
@@ -28,7 +29,7 @@ from ..protocol import (
     encode,
     shown_status,
 )
-from ..session import Session
+from ..session import NOBODY, Session
 from .store import PresenceRecord, PresenceStore
 
 
@@ -124,10 +125,17 @@ class Presence:
         records = self._beats % self._records_every == 0  # the first beat writes them
         self._beats += 1
         local = list(self._port.local_users()) if records else []
-        for uid in await self.store.beat(local):
+        missing, elsewhere = await self.store.beat(local)
+        for uid in missing:
             # The store lost a live session's record (a Redis restart): without this the
             # user would look offline to everyone until they next changed status.
             await self.refresh(uid)
+        for uid in elsewhere:
+            session = self._port.session_of(uid)
+            if session is not None and not session.joining:
+                # A newer connect on another node claimed the user, and the close it sent
+                # was lost (the node bus is at-most-once): one live session per user.
+                session.close(CloseCode.REPLACED, "replaced by a newer session")
         for uid in await self.store.sweep():
             if self._port.session_of(uid) is None:
                 await self._announce(uid, "offline")
@@ -181,7 +189,7 @@ class Presence:
     async def _unwatch(self, session: Session, msg: PresenceUnwatch) -> Outcome:
         for uid in msg.user_ids:
             if uid in session.watching:
-                session.watching -= {uid}
+                session.watching = (session.watching - {uid}) or NOBODY
                 self._drop_watcher(uid, session)
         return DONE
 
@@ -234,7 +242,7 @@ class Presence:
     def _unwatch_all(self, session: Session) -> None:
         for uid in session.watching:
             self._drop_watcher(uid, session)
-        session.watching = frozenset()
+        session.watching = NOBODY
 
     def _drop_watcher(self, user_id: str, session: Session) -> None:
         watchers = self._watchers.get(user_id)

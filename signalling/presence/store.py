@@ -58,11 +58,13 @@ class PresenceStore(Protocol):
     async def available(self, role: str, limit: int) -> list[str]:
         """Up to ``limit`` live users with this role and status available."""
 
-    async def beat(self, user_ids: Iterable[str]) -> list[str]:
-        """Mark this node alive and refresh the TTL of its users' records. Returns those of
-        ``user_ids`` that have no record at all (run out, or lost: a Redis restarted without
-        persistence) so the caller, whose sessions they are, publishes them again; a record
-        owned by another node or session is neither refreshed nor returned."""
+    async def beat(self, user_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Mark this node alive and refresh the TTL of its users' records. Returns (those
+        of ``user_ids`` with no record, run out or lost (a Redis restarted without
+        persistence), or with one a dead node left: the caller, whose sessions they are,
+        publishes them again; those whose record another live node holds: a newer connect
+        there claimed them, and the caller closes its session if that one's close was
+        lost). Records another node holds are never refreshed."""
 
     async def nodes_alive(self, node_ids: Iterable[str]) -> frozenset[str]:
         """Those of these nodes whose liveness key has not run out."""

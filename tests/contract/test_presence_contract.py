@@ -297,19 +297,31 @@ async def test_beat_keeps_records_alive_and_unbeaten_records_expire(world: World
 
 async def test_beat_reports_records_the_store_lost(world: World) -> None:
     """After a restart without persistence, a beat names the live users to publish again;
-    users whose record another node owns are not its business."""
+    a user whose record another live node holds is named apart (a newer connect there)."""
     a, b = world.node("A"), world.node("B")
     await a.set(rec("u"))
     await b.set(rec("v"))
-    assert await a.beat(["u", "v"]) == []
+    assert await a.beat(["u", "v"]) == ([], ["v"])
 
     await world.lose_everything()
 
-    assert await a.beat(["u", "never-set"]) == ["u", "never-set"]
+    assert await a.beat(["u", "never-set"]) == (["u", "never-set"], [])
     await b.set(rec("v"))
-    assert await a.beat(["v"]) == []
+    assert await a.beat(["v"]) == ([], ["v"])
+    assert (await b.get_many(["v"]))["v"].node_id == "B"  # not refreshed nor taken by A
     await a.set(rec("u"))
     assert set(await b.get_many(["u", "v"])) == {"u", "v"}
+
+
+async def test_beat_names_a_user_a_dead_node_left_for_publishing_again(world: World) -> None:
+    a, b = world.node("A"), world.node("B")
+    await b.set(rec("v", session="s-b"))
+    await world.advance(0.6)
+    await a.beat([])
+    await world.advance(0.7)  # B silent 1.3 s: dead; its record (2 s) has not run out
+    assert await a.beat(["v"]) == (["v"], [])
+    assert await a.set(rec("v", session="s-a")) is True
+    assert (await b.get_many(["v"]))["v"].session_id == "s-a"
 
 
 async def test_silent_node_users_vanish_when_node_key_expires(world: World) -> None:
@@ -467,7 +479,7 @@ async def test_expired_records_are_gone_for_good(world: World) -> None:
 
     # A alive again; u's record is not brought back, but reported missing (A publishes it
     # again if u's session is still live).
-    assert await a.beat(["u"]) == ["u"]
+    assert await a.beat(["u"]) == (["u"], [])
 
     assert await a.get_many(["u", "x"]) == {}
     assert await a.available("host", 10) == []

@@ -20,10 +20,11 @@ from signalling.calls.directory import CallEntry, MemoryCallDirectory
 from signalling.calls.hooks import FreeCalls
 from signalling.calls.service import Calls as CallsWing
 from signalling.clock import ManualClock
-from signalling.cluster.bus import NodeMessage
+from signalling.cluster.bus import CloseSession, NodeMessage
 from signalling.hub import Hub
 from signalling.port import Departure
 from signalling.presence.memory import MemoryPresence, MemoryWorld
+from signalling.presence.service import Presence
 from signalling.presence.store import PresenceRecord
 from signalling.protocol import CloseCode, Welcome
 from signalling.session import Session
@@ -39,6 +40,7 @@ class Wire:
 
     def __init__(self) -> None:
         self.inboxes: dict[str, Inbox] = {}
+        self.lost: set[type[NodeMessage]] = set()  # kinds dropped (the bus is at-most-once)
 
     def router(self, node_id: str) -> WireRouter:
         return WireRouter(self, node_id)
@@ -52,7 +54,8 @@ class WireRouter:
         self._wire.inboxes[self._node] = inbox
 
     async def to_node(self, node_id: str, message: NodeMessage) -> None:
-        await self._wire.inboxes[node_id](message)
+        if type(message) not in self._wire.lost:
+            await self._wire.inboxes[node_id](message)
 
     async def broadcast(self, message: NodeMessage) -> None:
         for node_id, inbox in self._wire.inboxes.items():
@@ -71,6 +74,7 @@ class Nodes:
         self.stores: dict[str, MemoryPresence] = {}
         self.hubs: dict[str, Hub] = {}
         self.calls: dict[str, CallsWing] = {}
+        self.presence: dict[str, Presence] = {}
         self.directory = MemoryCallDirectory(self.clock, ttl_s=math.inf)
         for node in ("n1", "n2"):
             store = MemoryPresence(self.world, node, ttl_s=15, node_ttl_s=10)
@@ -84,7 +88,7 @@ class Nodes:
                 router=router,
             )
             self.stores[node], self.hubs[node] = store, wings.hub
-            self.calls[node] = wings.calls
+            self.calls[node], self.presence[node] = wings.calls, wings.presence
 
     async def start(self) -> None:
         for hub in self.hubs.values():
@@ -265,3 +269,26 @@ async def test_a_late_note_of_an_overtaken_session_does_not_take_the_call_back()
     assert book.get(call_id) is not None
     assert [f["type"] for f in frames(bob) if f["type"] == "call.ended"] == []
     assert "call.ended" not in [f["type"] for f in frames(again)]
+
+
+async def test_a_close_the_node_bus_lost_is_made_good_by_the_next_beat() -> None:
+    nodes = Nodes()
+    await nodes.start()
+    older = await nodes.hubs["n1"].connect(ALICE)
+    nodes.wire.lost.add(CloseSession)
+    newer = await nodes.hubs["n2"].connect(ALICE)
+    await settle()
+    assert older.close_code is None  # two live sessions, until n1's next beat
+    await nodes.presence["n1"].beat()
+    assert older.close_code is CloseCode.REPLACED
+    await nodes.hubs["n1"].disconnect(older)  # its socket closes
+    assert nodes.hubs["n1"].sessions == {}
+    record = nodes.record("alice")
+    assert record is not None
+    assert (record.node_id, record.session_id, record.status) == (
+        "n2",
+        newer.session_id,
+        "available",
+    )
+    await nodes.presence["n2"].beat()
+    assert newer.close_code is None

@@ -97,6 +97,11 @@ class Nodes:
     def record(self, user_id: str) -> PresenceRecord | None:
         return self.world.live(user_id)
 
+    def where(self, user_id: str) -> tuple[str, str, str] | None:
+        """(node, session, status) of the user's live record."""
+        record = self.world.live(user_id)
+        return None if record is None else (record.node_id, record.session_id, record.status)
+
     async def overtaken_while_joining(self) -> tuple[asyncio.Task[Session], Session, asyncio.Event]:
         """ALICE's connect on n1 held in its welcome (after its claim) while she connects
         on n2: (n1's connect, n2's session, the event that lets n1's connect go on)."""
@@ -153,13 +158,7 @@ async def test_a_connect_overtaken_during_its_claim_closes_before_any_welcome() 
     assert "welcome" not in [f["type"] for f in frames(older)]
     assert "alice" not in nodes.hubs["n1"].sessions
     assert nodes.hubs["n2"].sessions["alice"] is second
-    record = nodes.record("alice")
-    assert record is not None
-    assert (record.node_id, record.session_id, record.status) == (
-        "n2",
-        second.session_id,
-        "available",
-    )
+    assert nodes.where("alice") == ("n2", second.session_id, "available")
 
 
 async def test_a_connect_overtaken_while_joining_leaves_the_newer_one_the_user() -> None:
@@ -283,12 +282,6 @@ async def test_a_close_the_node_bus_lost_is_made_good_by_the_next_beat() -> None
     assert older.close_code is CloseCode.REPLACED
     await nodes.hubs["n1"].disconnect(older)  # its socket closes
     assert nodes.hubs["n1"].sessions == {}
-    record = nodes.record("alice")
-    assert record is not None
-    assert (record.node_id, record.session_id, record.status) == (
-        "n2",
-        newer.session_id,
-        "available",
-    )
+    assert nodes.where("alice") == ("n2", newer.session_id, "available")
     await nodes.presence["n2"].beat()
     assert newer.close_code is None
